@@ -35,10 +35,22 @@ faults: install
 demo: install
 	NO_PROXY=127.0.0.1,localhost $(BIN)/callwatch demo
 
-bench: bench-runtime
+bench: bench-runtime bench-store bench-multipliers bench-filters bench-sender
 
 bench-runtime: install
-	$(BIN)/python bench/runtime.py
+	$(BIN)/python -m bench.runtime
+
+bench-store: install
+	$(BIN)/python -m bench.store
+
+bench-multipliers: install
+	$(BIN)/python -m bench.multipliers
+
+bench-filters: install
+	$(BIN)/python -m bench.filters
+
+bench-sender: install
+	NO_PROXY=127.0.0.1,localhost $(BIN)/python -m bench.sender
 
 clean:
 	rm -rf $(VENV) .callwatch .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from messages.status import ActorStatus
 from runtime.cell import Cell
 from runtime.clock import Clock, SystemClock
 from runtime.dead_letters import DeadLetters
@@ -24,3 +25,8 @@ class ActorSystem:
             cell = Cell(self, path, name, kind, mailbox)
             self.registry.register(cell)
         return cell
+
+    def status(self, path: str = "root") -> ActorStatus | None:
+        """The status snapshot of the subtree at ``path`` (the whole tree by default)."""
+        cell = self.registry.cell(path)
+        return None if cell is None else cell.status()

@@ -1,0 +1,108 @@
+"""Running the tree: embedded servers when no URLs are set, the runfile, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import structlog
+
+from actors.control import ControlConfigError, check_exposure
+from actors.store.handle import StoreHandle
+from messages.settings import Settings
+from runtime.servers import EmbeddedServers, ServerUnavailable
+
+log = structlog.get_logger("callwatch.service")
+
+RUNFILE = "callwatch.run.json"
+
+
+def runfile(settings: Settings) -> Path:
+    return Path(settings.data_dir) / RUNFILE
+
+
+def write_runfile(settings: Settings, control_url: str) -> None:
+    """Where a running instance can be reached (read by ``callwatch status``)."""
+    path = runfile(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": os.getpid(), "control_url": control_url}))
+
+
+def remove_runfile(settings: Settings) -> None:
+    path = runfile(settings)
+    try:
+        data = json.loads(path.read_text())
+        if data.get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+@asynccontextmanager
+async def storage(settings: Settings) -> AsyncIterator[StoreHandle]:
+    """A store handle on the configured servers, or on embedded ones we start and stop."""
+    redis_url = settings.redis_url.reveal() if settings.redis_url else None
+    database_url = settings.database_url.reveal() if settings.database_url else None
+    servers = EmbeddedServers(
+        Path(settings.data_dir), redis_url=redis_url, database_url=database_url
+    )
+    await anyio.to_thread.run_sync(servers.start)
+    try:
+        log.info(
+            "storage.ready",
+            redis="embedded" if servers.redis is not None else "configured",
+            postgres="embedded" if servers.postgres is not None else "configured",
+        )
+        yield StoreHandle(servers.redis_url, servers.database_url, settings.store.call_timeout)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(servers.stop)
+
+
+async def wait_for_signal() -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("service.signal", signal=signal.Signals(signum).name)
+            return
+
+
+async def run_service(settings: Settings) -> int:
+    """``callwatch run``: the production tree until SIGINT/SIGTERM; 1 if the root gave up."""
+    from callwatch.app import Environment, build_tree
+    from supervisors import Tree
+
+    try:
+        check_exposure(settings.control.host, settings.control.token)
+    except ControlConfigError as exc:
+        log.error("service.refused", reason=str(exc))
+        return 2
+    try:
+        async with storage(settings) as store:
+            env = Environment(
+                store=store,
+                telegram_base_url=settings.telegram.api_base_url,
+                feed_url=settings.feed.url,
+                on_control_bound=lambda url: write_runfile(settings, url),
+            )
+            tree = Tree(build_tree(settings, env))
+            try:
+                async with tree.running(), anyio.create_task_group() as tg:
+
+                    async def stop_on_signal() -> None:
+                        await wait_for_signal()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(stop_on_signal)
+                    await tree.wait()
+                    tg.cancel_scope.cancel()
+            finally:
+                remove_runfile(settings)
+            return 1 if tree.failed else 0
+    except ServerUnavailable as exc:
+        log.error("service.storage_unavailable", reason=str(exc))
+        return 1

@@ -1,0 +1,58 @@
+"""Outbound Telegram messages: what any actor asks the sender to deliver."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import msgspec
+
+
+class Lane(IntEnum):
+    """Priority lanes of the sender; lower goes first (with aging, so bulk never starves)."""
+
+    INTERACTIVE = 0
+    """Replies to something a user just did."""
+    ALERT = 1
+    """Token notifications and multiplier alerts."""
+    BULK = 2
+    """Broadcasts and reports."""
+
+
+class Outbound(msgspec.Struct, frozen=True, kw_only=True):
+    """One message for one chat. ``text`` is HTML (already escaped where it must be).
+
+    ``dedup_key`` makes delivery idempotent across restarts (the same key is sent once);
+    ``digest_key`` lets backed-up alerts for one chat merge into one digest message.
+    """
+
+    chat_id: int
+    text: str
+    lane: Lane = Lane.INTERACTIVE
+    reply_markup: dict[str, object] | None = None
+    dedup_key: str | None = None
+    digest_key: str | None = None
+    photo: bytes | None = None
+    edit_message_id: int | None = None
+    kind: str = "message"
+    """What this is, for metrics: message, notification, multiplier, broadcast, report."""
+
+
+class Delivered(msgspec.Struct, frozen=True):
+    """Reply to an asked Outbound (interactive lane) once Telegram accepted it."""
+
+    chat_id: int
+    message_id: int
+
+
+class ChatBlocked(msgspec.Struct, frozen=True):
+    """The sender got 403 for this chat: the user blocked the bot (or left)."""
+
+    chat_id: int
+
+
+class DeliveryFailed(msgspec.Struct, frozen=True):
+    """A message was given up on after its retries; recorded with the reason."""
+
+    chat_id: int
+    kind: str
+    reason: str

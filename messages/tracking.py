@@ -1,0 +1,38 @@
+"""Messages between the user actors and the multiplier index."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Track(msgspec.Struct, frozen=True, kw_only=True):
+    """Follow ``token_key`` for ``user_id`` from the FDV at which they were notified."""
+
+    token_key: str
+    user_id: int
+    fdv_at_notify: float
+    symbol: str = ""
+    chain: str = ""
+
+
+class Untrack(msgspec.Struct, frozen=True):
+    token_key: str
+    user_id: int
+
+
+class TrackedBy(msgspec.Struct, frozen=True):
+    """Ask: which tokens does this user follow (for /tracked)?"""
+
+    user_id: int
+
+
+class MultiplierAlert(msgspec.Struct, frozen=True, kw_only=True):
+    """A tracked token crossed one or more thresholds; ``threshold`` is the highest new one."""
+
+    user_id: int
+    token_key: str
+    threshold: float
+    multiple: float
+    fdv_at_notify: float
+    fdv_now: float
+    symbol: str = ""
