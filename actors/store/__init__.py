@@ -1,0 +1,1 @@
+"""The store subtree: Redis and PostgreSQL owners, schema migrations, the history outbox."""
