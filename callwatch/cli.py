@@ -101,6 +101,15 @@ def status(config: Path | None, as_json: bool, watch: bool, url: str | None) -> 
     sys.exit(show_status(settings, url=url, as_json=as_json, watch=watch))
 
 
+def _register_admin() -> None:
+    from callwatch.admin_cli import admin_command
+
+    main.add_command(admin_command)
+
+
+_register_admin()
+
+
 @main.group()
 def db() -> None:
     """Database schema: migrate, status."""

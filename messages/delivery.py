@@ -56,3 +56,49 @@ class DeliveryFailed(msgspec.Struct, frozen=True):
     chat_id: int
     kind: str
     reason: str
+
+
+MAX_TEXT = 4096
+"""Telegram's limit on a message text, counted after HTML entities are parsed."""
+MAX_CAPTION = 1024
+"""Telegram's limit on a photo caption."""
+
+
+class SenderStats(msgspec.Struct, frozen=True):
+    """Ask the sender how it is doing; the answer is a :class:`SenderStatus`."""
+
+
+class SenderStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The sender's state as plain data (for status pages, health checks and tests).
+
+    Counters are this incarnation's; the process-wide Prometheus counters live in
+    ``actors.sender``.
+    """
+
+    queued: dict[str, int]
+    """Messages waiting per lane name (accepted and persisted, not yet sent)."""
+    unsaved: int
+    """Messages received but not yet written to the durable outbox."""
+    in_flight: int
+    """Requests on the wire (a digest is one request)."""
+    accepted: int
+    """Messages written to the durable outbox by this incarnation (reloaded ones not counted)."""
+    paused_until: float | None
+    """Wall-clock time until which every lane is paused after a 429, if paused."""
+    sent: dict[str, int]
+    """Telegram requests that succeeded, per lane name (a digest counts once)."""
+    delivered: int
+    """Outbound messages delivered (each part of a digest counts)."""
+    rate_limited: int
+    blocked: int
+    dropped: int
+    """Messages dropped because their chat blocked the bot."""
+    failed: int
+    retried: int
+    duplicates: int
+    coalesced: int
+    """Alerts merged into another message's digest."""
+    unknown_fate: int
+    """Messages found in flight when the outbox was reloaded (resent once)."""
+    store_errors: int
+    recent_failures: tuple[DeliveryFailed, ...] = ()

@@ -8,6 +8,7 @@ Secrets are :class:`Secret`, whose repr never shows the value.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Literal
 
 import msgspec
@@ -66,6 +67,11 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     outbox_stream: str = "callwatch:outbox"
     outbox_batch: PositiveInt = 5_000
     outbox_block_ms: PositiveInt = 200
+    watch_interval: PositiveFloat = 0.5
+    """Seconds between the store owners' liveness probes (PING / SELECT 1)."""
+    backoff_initial: NonNegFloat = 0.1
+    backoff_max: PositiveFloat = 0.5
+    """Small on purpose: a server that comes back is picked up within about a second."""
 
 
 class FeedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -86,11 +92,37 @@ class TelegramSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 class SenderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     global_rate: PositiveFloat = 30.0
+    """Messages per second overall (Telegram: 30; paid broadcasts up to 1000)."""
     private_interval: NonNegFloat = 1.0
     group_per_minute: PositiveInt = 20
     in_flight: PositiveInt = 8
+    """Requests on the wire at once, so the rate is reached despite network latency."""
     max_attempts: PositiveInt = 5
+    """Tries per message on network errors and timeouts before it is recorded as failed."""
     aging_s: PositiveFloat = 10.0
+    """A bulk message waiting this long competes with alerts as an equal."""
+    private_margin: NonNegFloat = 0.05
+    """Extra seconds between two messages to one private chat, against jitter."""
+    group_margin: NonNegFloat = 0.5
+    global_margin: NonNegFloat = 0.002
+    one_way_share: Annotated[float, Meta(ge=0, le=0.5)] = 0.0
+    """Share of the smallest recent round trip assumed spent on each network leg when pacing
+    (0 assumes nothing and is provably safe; see actors/sender_lanes.py before raising it)."""
+    aged_share: Annotated[float, Meta(ge=0, le=0.5)] = 0.1
+    """Share of send slots kept for aged alerts/bulk when interactive replies saturate."""
+    retry_initial_s: NonNegFloat = 0.5
+    retry_max_s: PositiveFloat = 10.0
+    request_timeout: PositiveFloat = 10.0
+    connection_pool: Annotated[int, Meta(ge=0)] = 0
+    """HTTP connections to the Bot API; 0 = in_flight + 2."""
+    dedup_ttl_days: PositiveFloat = 14.0
+    start_quiet_s: NonNegFloat | None = None
+    """Pause after (re)start, since the pacing state of a previous sender is gone; None = one
+    private interval plus its margin."""
+    drain_s: NonNegFloat = 3.0
+    """On a graceful stop, how long to wait for requests in flight to be answered."""
+    namespace: str = "callwatch:sender"
+    """Redis key prefix of the durable outbox."""
 
 
 class MultiplierSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -120,7 +152,64 @@ class HealthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     mailbox_full_s: PositiveFloat = 60.0
     mailbox_full_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.8
     memory_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.8
+    memory_s: NonNegFloat = 60.0
+    """Memory must stay above ``memory_ratio`` this long (a GC spike is not an alert)."""
+    telegram_down_s: PositiveFloat = 60.0
+    """Telegram not answering this long is logged (it cannot be told on Telegram)."""
     repeat_s: PositiveFloat = 3600.0
+
+
+class PaymentsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Plans, prices and the two payment rails (SOL on chain, the NOWPayments gateway)."""
+
+    daily_lamports: PositiveInt = 100_000_000
+    weekly_lamports: PositiveInt = 500_000_000
+    monthly_lamports: PositiveInt = 1_500_000_000
+    lifetime_lamports: PositiveInt = 10_000_000_000
+    daily_usd: Decimal = Decimal("15")
+    weekly_usd: Decimal = Decimal("75")
+    monthly_usd: Decimal = Decimal("225")
+    lifetime_usd: Decimal = Decimal("1500")
+    wallet: str = ""
+    """Service wallet public key (base58) that SOL payments go to; empty disables SOL."""
+    solana_rpc_url: str = ""
+    poll_interval_s: PositiveFloat = 5.0
+    rpc_timeout_s: PositiveFloat = 10.0
+    order_ttl_s: PositiveFloat = 1800.0
+    """How long a SOL order's quote stands."""
+    settle_grace_s: NonNegFloat = 120.0
+    """An order is still watched this long after it expired, for transfers sent in time but
+    finalized late (only those dated before the expiry grant)."""
+    invoice_ttl_s: PositiveFloat = 86400.0
+    nowpayments_api_url: str = ""
+    nowpayments_api_key: Secret | None = None
+    ipn_secret: Secret | None = None
+    ipn_host: str = "127.0.0.1"
+    ipn_port: Port = 8789
+    ipn_callback_url: str = ""
+    """Public URL NOWPayments calls (the IPN listener behind your proxy); empty: the one set
+    in the NOWPayments dashboard."""
+    price_currency: str = "usd"
+    reminder_lead_s: PositiveFloat = 86400.0
+    sweep_interval_s: PositiveFloat = 60.0
+    """How often expired orders are closed and expiry reminders go out."""
+    http_timeout_s: PositiveFloat = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("daily_usd", "weekly_usd", "monthly_usd", "lifetime_usd"):
+            value = getattr(self, name)
+            if not value.is_finite() or not Decimal("0.01") <= value < Decimal("1e9"):
+                raise ValueError(f"{name} must be between 0.01 and 1e9")
+            if value != value.quantize(Decimal("0.01")):
+                raise ValueError(f"{name} must have at most 2 decimals")
+
+
+class ReportsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The daily and best-of-day reports; times are "HH:MM" in UTC."""
+
+    daily_at: Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "20:00"
+    best_at: Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] = "21:00"
+    top_n: Annotated[int, Meta(ge=1, le=40)] = 10
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -142,6 +231,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     filters: FilterSettingsSection = msgspec.field(default_factory=FilterSettingsSection)
     control: ControlSettings = msgspec.field(default_factory=ControlSettings)
     health: HealthSettings = msgspec.field(default_factory=HealthSettings)
+    payments: PaymentsSettings = msgspec.field(default_factory=PaymentsSettings)
+    reports: ReportsSettings = msgspec.field(default_factory=ReportsSettings)
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redactor."""
