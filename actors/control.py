@@ -199,7 +199,9 @@ class Control(Actor):
         if not self.token:
             return not required
         header = request.headers.get("Authorization", "")
-        given = header.removeprefix("Bearer ").strip()
+        scheme, _, given = header.partition(" ")
+        if scheme != "Bearer":
+            return False
         return hmac.compare_digest(given.encode(), self.token.reveal().encode())
 
 

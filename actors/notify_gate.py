@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import anyio
 import structlog
 
-from actors.store.handle import StoreHandle
+from actors.store.handle import StoreHandle, StoreUnavailable
+from actors.store.outbox import HistoryRejected, append_history_many
 from actors.user_store import STORE_ERRORS
 from messages.users import Claim, ClaimDropped
 from runtime import Actor, MailboxSpec, NameNotFound, Ref
@@ -214,18 +216,31 @@ class NotifyGate(Actor):
         if len(results) != len(batch):
             raise RuntimeError(f"claim script answered {len(results)} results for {len(batch)}")
         sender, multipliers = self._ref(self._names[0]), self._ref(self._names[1])
+        history: list[tuple[str, dict[str, Any]]] = []
         for claim, won in zip(batch, results, strict=True):
             if won != 49:  # b"1"[0]
                 self.lost += 1
                 continue
             self.won += 1
+            history.append(("notifications", _history_row(claim)))
             if sender is None:
                 self.undeliverable += 1
             else:
                 await sender.tell(claim.outbound)
             if multipliers is not None:
                 await multipliers.tell(claim.track)
+        await self._record(history)
         return True
+
+    async def _record(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """The notifications history (reports, admin stats) through the outbox; best
+        effort: the claim in Redis is what keeps a token from being notified twice."""
+        if not rows:
+            return
+        try:
+            await append_history_many(self.store, rows)
+        except (StoreUnavailable, HistoryRejected) as exc:
+            log.warning("notify_gate_history_not_recorded", rows=len(rows), error=str(exc)[:200])
 
     def _drop_stale(self) -> None:
         if not self._pending:
@@ -262,3 +277,15 @@ class _Counts:
 GATE_COUNTS: Final = _Counts()
 GATE_IDLE: Final = object()
 """Ask: answered once every claim received so far is decided and released (tests)."""
+
+
+def _history_row(claim: Claim) -> dict[str, Any]:
+    return {
+        "dedup_key": f"call:{claim.token_key}:{claim.user_id}",
+        "chat_id": claim.user_id,
+        "token_key": claim.token_key,
+        "kind": "call",
+        "threshold": 0,
+        "fdv": float(claim.track.fdv_at_notify),
+        "sent_at": datetime.fromtimestamp(claim.now, UTC),
+    }

@@ -116,7 +116,7 @@ async def create_order(
     expires_at: datetime,
 ) -> Order:
     row = await conn.fetchrow(
-        f"INSERT INTO orders (id, chat_id, plan, method, amount_lamports, amount_usd, coupon_id,"  # noqa: S608
+        f"INSERT INTO orders (id, chat_id, plan, method, amount_lamports, amount_usd, coupon_id,"  # noqa: S608 - constant column list; values are parameters
         f" reference_key, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
         f" $10) RETURNING {_ORDER_COLUMNS}",
         order_id,
@@ -135,7 +135,7 @@ async def create_order(
 
 
 async def get_order(conn: Conn | asyncpg.Pool, order_id: UUID) -> Order | None:
-    row = await conn.fetchrow(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1", order_id)  # noqa: S608
+    row = await conn.fetchrow(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1", order_id)  # noqa: S608 - constant column list; values are parameters
     return None if row is None else _order(row)
 
 
@@ -144,7 +144,7 @@ async def open_sol_orders(
 ) -> list[Order]:
     """Pending SOL orders still worth watching: not expired, or expired less than `grace` ago."""
     rows = await conn.fetch(
-        f"SELECT {_ORDER_COLUMNS} FROM orders WHERE status = 'pending' AND method = 'sol'"  # noqa: S608
+        f"SELECT {_ORDER_COLUMNS} FROM orders WHERE status = 'pending' AND method = 'sol'"  # noqa: S608 - constant column list; values are parameters
         " AND expires_at > $1 ORDER BY created_at",
         now - grace,
     )
@@ -174,7 +174,7 @@ async def close_expired(
     """Close pending orders past their expiry (SOL ones after the settle grace) and release
     their coupons. Call inside a transaction; returns (order, released coupon code)."""
     rows = await conn.fetch(
-        f"UPDATE orders SET status = 'expired' WHERE status = 'pending' AND ("  # noqa: S608
+        f"UPDATE orders SET status = 'expired' WHERE status = 'pending' AND ("  # noqa: S608 - constant column list; values are parameters
         f" (method = 'sol' AND expires_at <= $1) OR (method = 'nowpayments' AND expires_at <= $2))"
         f" RETURNING {_ORDER_COLUMNS}",
         now - sol_grace,
@@ -317,7 +317,7 @@ async def record_ipn(
     target = _IPN_TO_PAYMENT[payload.payment_status]
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1 AND method = 'nowpayments'"  # noqa: S608
+            f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1 AND method = 'nowpayments'"  # noqa: S608 - constant column list; values are parameters
             " FOR UPDATE",
             order_id,
         )

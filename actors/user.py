@@ -35,6 +35,7 @@ from actors.user_store import (
     save_settings,
     set_reachable,
 )
+from messages.billing import SubscriptionChanged
 from messages.delivery import ChatBlocked, Lane, Outbound
 from messages.filters import FIELD_LABELS, FilterError, FilterSettings, format_value, preset_by_name
 from messages.settings import FilterSettingsSection
@@ -282,7 +283,7 @@ class UserActor(Actor):
             return await self._save(self.record.settings.with_changes(paused=False), text)
         if isinstance(message, GetTracked):
             return await self._tracked(message.limit)
-        if isinstance(message, RefreshUser):
+        if isinstance(message, RefreshUser | SubscriptionChanged):
             await self._reload()
             await self._push()
             return self._status()

@@ -189,7 +189,7 @@ def ingest(settings: Settings, env: Environment) -> ChildSpec:
         url=settings.feed.url,
         settings=settings.feed,
         token_targets=("filters",),
-        price_targets=("multipliers",),
+        price_targets=("multipliers", "channel-stats"),
     )
     return outside("feed", child, settings)
 

@@ -20,7 +20,7 @@ from typing import TypeAlias
 import msgspec
 
 from messages.delivery import Outbound
-from messages.filters import ChannelStats, FilterSettings
+from messages.filters import FIELD_NAMES, ChannelStats, FilterSettings
 from messages.tracking import Track
 from messages.wire import TokenEvent
 
@@ -190,8 +190,6 @@ class SettingRow(msgspec.Struct, frozen=True):
 
 def setting_rows(settings: FilterSettings) -> tuple[SettingRow, ...]:
     """The settings screen of ``settings``, in field order."""
-    from messages.filters import FIELD_NAMES
-
     return tuple(
         SettingRow(name, label, value)
         for name, (label, value) in zip(FIELD_NAMES, settings.describe(), strict=True)

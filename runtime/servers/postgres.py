@@ -79,7 +79,7 @@ def _create_system_user(name: str) -> None:
     if adduser := shutil.which("adduser"):
         attempts.append([adduser, "-S", "-D", "-H", "-s", nologin, name])
     for argv in attempts:
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603 - our own binary, arguments we built
         if result.returncode == 0:
             log.info("embedded_postgres_os_user_created", user=name)
             return
