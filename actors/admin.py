@@ -61,6 +61,7 @@ from messages.admin import (
     LockChanged,
     PresetArgs,
     PresetNameArgs,
+    ReconcileArgs,
     RevokeArgs,
     UserArgs,
     build_request,
@@ -73,6 +74,8 @@ from messages.billing import (
     ExtendSubscription,
     GrantSubscription,
     ListCoupons,
+    Reconcile,
+    ReconcileReport,
     Refused,
     RevokeSubscription,
     SubscriptionInfo,
@@ -297,6 +300,7 @@ class AdminActor(Actor):
             "broadcast_status": self._broadcast_status,
             "coupon_create": self._coupon_create,
             "coupons": self._coupons,
+            "reconcile": self._reconcile,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -733,6 +737,27 @@ class AdminActor(Actor):
             return _ok("No coupons yet.", coupons=[])
         lines = ["Coupons (newest first):"] + [f"  {_coupon_line(c)}" for c in reply.coupons[:50]]
         return _ok("\n".join(lines), coupons=msgspec.to_builtins(reply.coupons))
+
+    async def _reconcile(self, request: AdminRequest) -> AdminResult:
+        args: ReconcileArgs = request.args
+        until = datetime.fromtimestamp(self.ctx.clock.wall(), UTC)
+        since = until - timedelta(days=args.days)
+        reply = await self._ask(self.payments_name, Reconcile(since=since, until=until))
+        if not isinstance(reply, ReconcileReport):
+            return _no("The payments service did not answer; try again.", 503)
+        lines = [
+            f"Payments and grants {_ts(since)} .. {_ts(until)}: {len(reply.rows)} orders, "
+            f"{len(reply.mismatches)} mismatches."
+        ]
+        lines += [
+            f"  ! {m.kind} order {m.order_id} user {m.user_id}: {m.detail}"
+            for m in reply.mismatches[:50]
+        ]
+        return _ok(
+            "\n".join(lines),
+            rows=msgspec.to_builtins(reply.rows),
+            mismatches=msgspec.to_builtins(reply.mismatches),
+        )
 
     # -- broadcasts --------------------------------------------------------------------------
 

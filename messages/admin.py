@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
+from msgspec import Meta
 
 from messages.filters import FIELD_NAMES
 
@@ -130,6 +131,10 @@ class CouponCreateArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     plan: str | None = None
 
 
+class ReconcileArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    days: Annotated[float, Meta(gt=0, le=366)] = 1.0
+
+
 class CommandSpec(msgspec.Struct, frozen=True, kw_only=True):
     """How one command is called: its argument struct, which arguments may be given by
     position in Telegram text, and which one takes the rest of the line verbatim."""
@@ -210,6 +215,11 @@ ADMIN_COMMANDS: Final[dict[str, CommandSpec]] = {
         "[max_uses=N] [valid_days=N] [plan=...]",
     ),
     "coupons": CommandSpec(args=NoArgs, summary="list coupons"),
+    "reconcile": CommandSpec(
+        args=ReconcileArgs,
+        positional=("days",),
+        summary="reconcile [days]: payments and grants of the last days, mismatches flagged",
+    ),
 }
 _ALIASES: Final[dict[str, str]] = {
     "find": "lookup",

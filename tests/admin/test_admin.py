@@ -188,6 +188,7 @@ async def test_admin_commands_through_http_and_the_cli(redis_url: str, database_
             ("preset_delete", {"name": "night"}, "deleted"),
             ("coupon_create", {"code": "FREE3", "kind": "free_days", "value": 3}, "FREE3"),
             ("coupons", {}, "FREE3: 3 free days"),
+            ("reconcile", {"days": 2}, "0 mismatches"),
             ("broadcast", {"text": "Maintenance at 10", "audience": "all"}, "started to 1"),
         ]
         for command, args, expected in steps:

@@ -159,3 +159,16 @@ def _env(tmp_path: Any) -> dict[str, str]:
     env["CALLWATCH_DATA_DIR"] = str(tmp_path)
     env["NO_PROXY"] = "127.0.0.1,localhost"
     return env
+
+
+def test_run_refuses_a_public_control_server_without_a_token(tmp_path: Any) -> None:
+    env = _env(tmp_path) | {"CALLWATCH_CONTROL_HOST": "0.0.0.0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "callwatch.cli", "run"],
+        capture_output=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert b"CALLWATCH_CONTROL_TOKEN" in result.stdout + result.stderr
