@@ -81,6 +81,20 @@ async def run_service(settings: Settings) -> int:
     except ControlConfigError as exc:
         log.error("service.refused", reason=str(exc))
         return 2
+    missing = [
+        name
+        for name, value in (
+            ("CALLWATCH_TELEGRAM_BOT_TOKEN", settings.telegram.bot_token),
+            ("CALLWATCH_FEED_URL", settings.feed.url),
+        )
+        if not value
+    ]
+    if missing:
+        log.error(
+            "service.refused",
+            reason=f"callwatch run needs {', '.join(missing)} (`callwatch demo` needs neither)",
+        )
+        return 2
     try:
         async with storage(settings) as store:
             env = Environment(

@@ -111,9 +111,15 @@ def render(body: dict[str, Any]) -> Group:
     parts: list[Any] = [tree]
     health = body.get("health") or {}
     if health:
-        lines = Text("health: ", style="bold")
-        for name, value in health.items():
-            lines.append(f"{name}={value}  ")
+        lines = Text("health:", style="bold")
+        for name, value in sorted(health.items()):
+            state = value.get("state", value) if isinstance(value, dict) else value
+            style = "red" if state == "firing" else "yellow" if state == "pending" else "green"
+            lines.append(f"\n  {name}: ")
+            lines.append(str(state), style=style)
+            detail = value.get("detail") if isinstance(value, dict) else None
+            if detail and state != "ok":
+                lines.append(f" ({str(detail)[:120]})", style="dim")
         parts.append(lines)
     dead = body.get("dead_letters") or {}
     if dead:

@@ -172,3 +172,16 @@ def test_run_refuses_a_public_control_server_without_a_token(tmp_path: Any) -> N
     )
     assert result.returncode == 2
     assert b"CALLWATCH_CONTROL_TOKEN" in result.stdout + result.stderr
+
+
+def test_run_needs_a_bot_token_and_a_feed(tmp_path: Any) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "callwatch.cli", "run"],
+        capture_output=True,
+        env=_env(tmp_path),
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert b"CALLWATCH_TELEGRAM_BOT_TOKEN" in output and b"CALLWATCH_FEED_URL" in output
