@@ -48,11 +48,12 @@ from messages.settings import (
     TelegramSettings,
 )
 from messages.users import GetStatus
-from messages.wire import ChannelCall, PriceUpdate, TokenEvent
+from messages.wire import PriceUpdate, TokenEvent
 from runtime import ActorSystem
 from sandbox.feed.server import FeedServer
 from sandbox.telegram import SentMessage, TelegramEmulator
 from supervisors import Backoff, ChildSpec, Strategy, Tree, supervisor, worker
+from tests.users import support as users_support
 
 TOKEN = "123456:TEST-TOKEN"
 CONTROL_TOKEN = "control-test-token-0123456789"
@@ -68,34 +69,9 @@ _seq = itertools.count(1)
 def token_event(
     address: str, channels: Sequence[int], *, fdv: float = 500_000.0, symbol: str = "TKN"
 ) -> TokenEvent:
-    now = time.time()
-    seq = next(_seq)
-    return TokenEvent(
-        v=1,
-        event_id=f"e{seq}-{address}",
-        seq=seq,
-        emitted_at=now,
-        chain_id="solana",
-        token_address=address,
-        pair_address=address + "pair",
-        price_usd="0.0005",
-        fdv=fdv,
-        market_cap=fdv,
-        liquidity_usd=50_000.0,
-        volume_h24=10_000.0,
-        symbol=symbol,
-        name=symbol.title(),
-        calls=tuple(
-            ChannelCall(
-                channel_id=cid,
-                username=f"chan{cid}",
-                message_id=i + 1,
-                called_at=now - 60,
-                fdv_at_call=fdv,
-            )
-            for i, cid in enumerate(channels)
-        ),
-    )
+    """A token event called a minute ago by ``channels``."""
+    calls = [(cid, 60.0) for cid in channels]
+    return users_support.token_event(address, calls, now=time.time(), fdv=fdv, symbol=symbol)
 
 
 def price_update(address: str, fdv: float) -> PriceUpdate:
