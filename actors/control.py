@@ -63,6 +63,7 @@ class Control(Actor):
         port: int = 8787,
         token: Secret | None = None,
         probes: Mapping[str, Probe] | None = None,
+        ready_actors: Mapping[str, str] | None = None,
         admin: AdminHandler | None = None,
         health: HealthView | None = None,
         on_bound: Callable[[str], None] | None = None,
@@ -73,6 +74,9 @@ class Control(Actor):
         self.port = port
         self.token = token
         self.probes = dict(probes or {})
+        self.ready_actors = dict(ready_actors or {})
+        """Check name -> actor name: ready while that actor runs (connection owners crash
+        when their connection breaks, so running means connected)."""
         self.admin = admin
         self.health = health
         self.on_bound = on_bound
@@ -162,6 +166,9 @@ class Control(Actor):
 
     async def _readyz(self, request: web.Request) -> web.Response:
         results: dict[str, bool] = {}
+        for name, actor in self.ready_actors.items():
+            ref = self.ctx.system.registry.get(actor)
+            results[name] = ref is not None and ref.state == "running"
         for name, probe in self.probes.items():
             try:
                 with anyio.fail_after(1.0):

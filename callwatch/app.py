@@ -57,7 +57,7 @@ def backoff(settings: Settings) -> Backoff:
     )
 
 
-def outside(name: str, child: ChildSpec, settings: Settings) -> ChildSpec:
+def outside(name: str, child: ChildSpec) -> ChildSpec:
     """A supervisor of its own for a child that talks to the outside world."""
     return supervisor(
         name,
@@ -102,7 +102,7 @@ def sender(settings: Settings, env: Environment) -> ChildSpec:
         telegram=settings.telegram,
         base_url=base,
     )
-    return outside("sender-sup", child, settings)
+    return outside("sender-sup", child)
 
 
 def payments(settings: Settings, env: Environment) -> ChildSpec:
@@ -132,7 +132,7 @@ def bot(settings: Settings, env: Environment) -> ChildSpec:
         base_url=settings.telegram.api_base_url,
         store=env.store,
     )
-    return outside("bot-sup", child, settings)
+    return outside("bot-sup", child)
 
 
 def admin(settings: Settings, env: Environment) -> ChildSpec:
@@ -173,6 +173,7 @@ def control(settings: Settings, env: Environment) -> ChildSpec:
         "port": settings.control.port,
         "token": settings.control.token,
         "probes": probes,
+        "ready_actors": {"feed": "ingest", "telegram": "bot"},
         "admin": env.admin.handle,
         "health": env.health.view,
         "on_bound": env.on_control_bound,
@@ -191,7 +192,7 @@ def ingest(settings: Settings, env: Environment) -> ChildSpec:
         token_targets=("filters",),
         price_targets=("multipliers", "channel-stats"),
     )
-    return outside("feed", child, settings)
+    return outside("feed", child)
 
 
 def build_tree(settings: Settings, env: Environment) -> ChildSpec:

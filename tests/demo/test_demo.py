@@ -63,6 +63,10 @@ def test_demo_headless_summary_and_no_secret_leaks(tmp_path: Path) -> None:
         metrics = httpx.get(f"{url}/metrics", headers=auth, timeout=10)
         assert status.status_code == 200 and metrics.status_code == 200
         assert httpx.get(f"{url}/status", timeout=10).status_code == 401
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert set(ready.json()["checks"]) == {"redis", "postgres", "feed", "telegram"}
+        assert ready.json()["checks"]["redis"] and ready.json()["checks"]["telegram"]
+        assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
         outputs += [status.text, metrics.text]
         cli = subprocess.run(
             [sys.executable, "-m", "callwatch.cli", "status", "--json"],

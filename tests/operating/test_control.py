@@ -50,7 +50,11 @@ async def test_status_livez_readyz_metrics() -> None:
     async def down() -> bool:
         return False
 
-    tree = control_tree(bound, probes={"redis": ok, "feed": down})
+    tree = control_tree(
+        bound,
+        probes={"redis": ok, "postgres": down},
+        ready_actors={"feed": "redis", "telegram": "bot"},
+    )
     async with tree.running():
         await start_child(tree.lookup("users"), worker("user:7", Probe, log=[]))
         url = bound[0]
@@ -62,7 +66,8 @@ async def test_status_livez_readyz_metrics() -> None:
         assert live.status_code == 200 and live.json()["ok"]
         ready = await get(f"{url}/readyz")
         assert ready.status_code == 503
-        assert ready.json()["checks"] == {"redis": True, "feed": False}
+        checks = ready.json()["checks"]
+        assert checks == {"redis": True, "postgres": False, "feed": True, "telegram": False}
         metrics = await get(f"{url}/metrics")
         families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
         restarts = families["callwatch_actor_restarts"]
