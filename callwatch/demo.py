@@ -32,7 +32,7 @@ from rich.text import Text
 from actors.store.migrate import migrate
 from actors.user_directory import ask_users
 from callwatch.app import Environment, build_tree
-from callwatch.service import remove_runfile, storage, write_runfile
+from callwatch.service import remove_runfile, storage, wait_for_signal, write_runfile
 from callwatch.status import render
 from messages.settings import Secret, Settings
 from messages.solana import b58encode
@@ -287,11 +287,13 @@ async def run_demo(settings: Settings, *, duration: float | None, summary: Path 
                 console.print(f"Web chat with the bot: {emulator.web_url}")
                 console.print("`callwatch status` in another terminal shows the tree.")
                 tg.start_soon(script, tree, feed, emulator, env)
-                if headless:
-                    with anyio.move_on_after(duration or 60.0):
-                        await tree.wait()
-                else:
-                    await live(console, tree, feed, emulator, env)
+                with anyio.CancelScope() as watching:
+                    tg.start_soon(stop_on_signal, watching)
+                    if headless:
+                        with anyio.move_on_after(duration or 60.0):
+                            await tree.wait()
+                    else:
+                        await live(console, tree, feed, emulator, env)
                 result = counts(tree, feed, emulator)
                 tg.cancel_scope.cancel()
     finally:
@@ -309,6 +311,12 @@ async def run_demo(settings: Settings, *, duration: float | None, summary: Path 
         f"{result.get('restarts', 0)} restarts; logs in {Path(settings.data_dir) / 'demo.log'}"
     )
     return 0
+
+
+async def stop_on_signal(scope: anyio.CancelScope) -> None:
+    """Ctrl-C or SIGTERM ends the demo the same way its duration does: cleanly."""
+    await wait_for_signal()
+    scope.cancel()
 
 
 async def live(

@@ -101,3 +101,40 @@ def _walk(node: dict) -> list[dict]:
     for child in node["children"]:
         out += _walk(child)
     return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    import signal
+
+    import psutil
+
+    data_dir = tmp_path / "data"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "callwatch.cli", "demo", "--duration", "120"],
+        env=_env(data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        runfile = data_dir / "callwatch.run.json"
+        deadline = time.monotonic() + 90
+        while not runfile.exists():
+            assert demo.poll() is None, demo.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, err.decode()[-2000:]
+    assert b"demo finished" in out
+    assert not runfile.exists()
+    leftovers = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if str(data_dir) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not leftovers, "embedded servers were left running"
