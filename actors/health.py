@@ -26,6 +26,7 @@ import html
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ from runtime import (
     NameNotFound,
     Ref,
 )
+from runtime.timers import every
 
 __all__ = [
     "Health",
@@ -378,15 +380,18 @@ class Health(Actor):
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._ticker)
+            tg.start_soon(
+                partial(every, immediately=True),
+                self.ctx.clock,
+                self.settings.sample_s,
+                self._queue_tick,
+            )
             await self.ctx.process(self)
             tg.cancel_scope.cancel()
 
-    async def _ticker(self) -> None:
-        while True:
-            if not self._tick_queued:
-                self._tick_queued = self.ctx.ref.tell_nowait(_Tick())
-            await self.ctx.clock.sleep(self.settings.sample_s)
+    def _queue_tick(self) -> None:
+        if not self._tick_queued:
+            self._tick_queued = self.ctx.ref.tell_nowait(_Tick())
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, _Tick):

@@ -70,6 +70,7 @@ from messages.payments import IpnPayload, Plan
 from messages.settings import PaymentsSettings
 from messages.solana import build_transfer_url, format_sol, is_pubkey, new_reference
 from runtime import Actor, MailboxSpec, NameNotFound
+from runtime.timers import every
 from supervisors import Backoff, ChildSpec, Strategy, supervisor, worker
 
 __all__ = ["UNAVAILABLE", "Payments", "methods", "payments_tree", "plan_price"]
@@ -183,7 +184,7 @@ class Payments(Actor):
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._ticker)
+            tg.start_soon(every, self.ctx.clock, self.settings.sweep_interval_s, self._queue_sweep)
             await self.ctx.process(self)
             tg.cancel_scope.cancel()
 
@@ -192,11 +193,9 @@ class Payments(Actor):
             await self._http.aclose()
             self._http = None
 
-    async def _ticker(self) -> None:
-        while True:
-            await self.ctx.clock.sleep(self.settings.sweep_interval_s)
-            if not self._sweep_queued:
-                self._sweep_queued = self.ctx.ref.tell_nowait(_Sweep())
+    def _queue_sweep(self) -> None:
+        if not self._sweep_queued:
+            self._sweep_queued = self.ctx.ref.tell_nowait(_Sweep())
 
     def _now(self) -> datetime:
         return utc(self.ctx.clock.wall())

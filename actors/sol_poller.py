@@ -34,6 +34,7 @@ from messages.billing import PollNow, PollSummary, Refused, SolPaymentOutcome, S
 from messages.settings import PaymentsSettings
 from messages.solana import TransferVerdict, is_pubkey, verify_transfer
 from runtime import Actor, ActorFailed, ActorStopped, AskTimeout, MailboxFull, NameNotFound
+from runtime.timers import every
 
 __all__ = ["TX_CONFIG", "RpcError", "SolPoller", "http_client"]
 
@@ -108,7 +109,9 @@ class SolPoller(Actor):
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             if self.enabled:
-                tg.start_soon(self._ticker)
+                tg.start_soon(
+                    every, self.ctx.clock, self.settings.poll_interval_s, self._queue_poll
+                )
             await self.ctx.process(self)
             tg.cancel_scope.cancel()
 
@@ -117,11 +120,9 @@ class SolPoller(Actor):
             await self._http.aclose()
             self._http = None
 
-    async def _ticker(self) -> None:
-        while True:
-            await self.ctx.clock.sleep(self.settings.poll_interval_s)
-            if not self._poll_queued:
-                self._poll_queued = self.ctx.ref.tell_nowait(_Poll())
+    def _queue_poll(self) -> None:
+        if not self._poll_queued:
+            self._poll_queued = self.ctx.ref.tell_nowait(_Poll())
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, _Poll):
