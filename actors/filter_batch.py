@@ -12,8 +12,8 @@ observations make it much cheaper:
   prefix only, as plain slices;
 * the router scores the events once for all shards (`FactsBatch`: the rated calling
   channels of each event, most recent call per channel) and hands over everything that
-  queued up since its last round in one message, and each event's `Candidate` (with the
-  rendered notification) is made once, for the first user who passes it.
+  queued up since its last round in one message, and each event's notification text is
+  rendered once, for the first user who passes it.
 
 The rules are `actors.filter_logic`'s; tests hold `decide_batch` equal to `decide_one`.
 """
@@ -30,7 +30,6 @@ import numpy.typing as npt
 from actors.filter_logic import ShardColumns, chain_key
 from actors.texts import notification_text
 from messages.filters import ChannelStats, FilterSettings
-from messages.users import Candidate
 from messages.wire import TokenEvent
 
 __all__ = ["BatchColumns", "FactsBatch", "RatedEvent"]
@@ -59,7 +58,7 @@ class FactsBatch:
     ``rated`` (with their index into ``events``).
     """
 
-    __slots__ = ("_candidates", "events", "lines", "rated", "routed_at", "stats")
+    __slots__ = ("_texts", "events", "lines", "rated", "routed_at", "stats")
 
     def __init__(
         self,
@@ -103,20 +102,18 @@ class FactsBatch:
                     )
                 )
         self.rated: tuple[RatedEvent, ...] = tuple(rated)
-        self._candidates: list[Candidate | None] = [None] * len(self.events)
+        self._texts: list[str | None] = [None] * len(self.events)
 
     def __len__(self) -> int:
         return len(self.events)
 
-    def candidate(self, index: int) -> Candidate:
-        """The message for users who pass event ``index`` (rendered on first use, shared)."""
-        made = self._candidates[index]
+    def text(self, index: int) -> str:
+        """The notification of event ``index`` (rendered on first use, then shared)."""
+        made = self._texts[index]
         if made is None:
-            event = self.events[index]
-            made = Candidate(
-                event, notification_text(event, self.stats, self.lines), self.routed_at
+            made = self._texts[index] = notification_text(
+                self.events[index], self.stats, self.lines
             )
-            self._candidates[index] = made
         return made
 
 

@@ -38,7 +38,7 @@ from actors.multiplier_index import DEFAULT_THRESHOLDS, Alert, MultiplierIndex
 from actors.store.handle import StoreHandle, StoreUnavailable
 from actors.store.outbox import HistoryRejected, append_history_many
 from messages.delivery import Lane, Outbound
-from messages.tracking import Track, TrackedBy, Untrack
+from messages.tracking import Track, TrackedBy, TrackMany, Untrack
 from messages.wire import PriceUpdate
 from runtime import Actor, MailboxSpec, NameNotFound, Overflow, Ref
 
@@ -389,6 +389,8 @@ class Multipliers(Actor):
             return None
         if isinstance(message, Track):
             return self._track(message)
+        if isinstance(message, TrackMany):
+            return sum(self._track(item) for item in message.items if isinstance(item, Track))
         if isinstance(message, Untrack):
             return self._untrack(message)
         if isinstance(message, TrackedBy):

@@ -1,21 +1,28 @@
 """The notify gate: a token reaches a user once, even across restarts and duplicates.
 
-User actors decide; the gate makes the decision durable before anything is sent. Each
-`Claim` is an atomic "set if absent" of the token in the user's processed-token hash in
-Redis (with its expiry stored in the value, so expiry follows the injected clock, and the
-key's TTL refreshed so Redis forgets idle users). Only a claim that wins releases its
-`Outbound` to ``sender`` and its `Track` to ``multipliers``; a claim that loses was
-notified before and sends nothing.
+The shards decide; the gate makes each decision durable before anything is sent. Every
+(user, token) a shard passes (`Passes`) is claimed with an atomic "set if absent" of the
+token in the user's processed-token hash in Redis (expiry stored in the value, so it
+follows the injected clock; the key's TTL refreshed so Redis forgets idle users). The
+same script appends the notification's history row to the outbox stream, so a claim and
+its history row are recorded together. Only a claim that wins releases the notification
+to ``sender`` and the tracking request to ``multipliers``, in one message each per batch;
+a claim that loses was notified before and sends nothing.
 
-Claims from all user actors are batched into one Lua call per Redis round trip: while a
-batch is in flight the next one fills, so the batch size follows the load (one claim at
-a time when idle, hundreds under a burst) and Redis is never asked once per
-notification; under a backlog up to ``max_in_flight`` batches are on the wire at once,
-so the gate does not wait a round trip (and a busy event loop's turn) per batch.
+This hash is the users' processed-token memory (14 days): it lives in Redis rather than
+in the user actors because a restart of anything must not forget it, and because a
+message per passing user through their actors cost more than the decision itself.
+
+Claims are batched into one Lua call per Redis round trip: while a batch is in flight
+the next one fills, so the batch size follows the load (one claim at a time when idle,
+hundreds under a burst); under a backlog up to ``max_in_flight`` batches are on the wire
+at once. At ``max_pending`` waiting claims the gate stops taking more (the shards, the
+router and ingest wait in turn).
 
 While Redis is down, claims wait and are retried; a claim older than ``max_wait`` is
-dropped (nothing sent; the user actor is told so it may try again). Nothing is sent
-before its claim is recorded, so a crash can lose a notification but never repeat one.
+dropped (nothing sent, counted and logged; a later event with new channels may pass it
+again). Nothing is sent before its claim is recorded, so a crash can lose a notification
+but never repeat one.
 """
 
 from __future__ import annotations
@@ -28,21 +35,36 @@ from typing import Any, Final
 import anyio
 import structlog
 
-from actors.store.handle import StoreHandle, StoreUnavailable
-from actors.store.outbox import HistoryRejected, append_history_many
+from actors.store.handle import StoreHandle
+from actors.store.outbox import DEFAULT_STREAM, NotificationRow, encode_notification
 from actors.user_store import STORE_ERRORS
-from messages.users import Claim, ClaimDropped
+from messages.delivery import Lane, Outbound, Outbounds
+from messages.settings import FilterSettingsSection
+from messages.tracking import Track, TrackMany
+from messages.users import Passed, Passes
 from runtime import Actor, MailboxSpec, NameNotFound, Ref
 
 __all__ = ["CLAIM_SCRIPT", "GATE_COUNTS", "GATE_IDLE", "NotifyGate"]
 
 log = structlog.get_logger(__name__)
 
+DAY: Final = 86400.0
+
 CLAIM_SCRIPT: Final = r"""
 local now = tonumber(ARGV[1])
 local ttl = ARGV[2]
+local s = ARGV[3]
+local find, sub = string.find, string.sub
 local out = {}
-for uid, field, value in string.gmatch(ARGV[3], '([^\t\n]+)\t([^\t\n]+)\t([^\n]*)\n') do
+local pos = 1
+while pos <= #s do
+  local t1 = find(s, '\t', pos, true)
+  local t2 = find(s, '\t', t1 + 1, true)
+  local t3 = find(s, '\t', t2 + 1, true)
+  local nl = find(s, '\n', t3 + 1, true)
+  local uid, field = sub(s, pos, t1 - 1), sub(s, t1 + 1, t2 - 1)
+  local value, row = sub(s, t2 + 1, t3 - 1), sub(s, t3 + 1, nl - 1)
+  pos = nl + 1
   local key = 'cw:user:' .. uid .. ':accepted'
   local won = redis.call('HSETNX', key, field, value)
   if won == 0 then
@@ -55,6 +77,7 @@ for uid, field, value in string.gmatch(ARGV[3], '([^\t\n]+)\t([^\t\n]+)\t([^\n]*
   end
   if won == 1 then
     redis.call('EXPIRE', key, ttl)
+    if row ~= '' then redis.call('XADD', KEYS[1], '*', 'h', row) end
     local size = redis.call('HLEN', key)
     if size > 512 and size % 256 == 1 then
       local all = redis.call('HGETALL', key)
@@ -68,28 +91,50 @@ for uid, field, value in string.gmatch(ARGV[3], '([^\t\n]+)\t([^\t\n]+)\t([^\n]*
 end
 return table.concat(out)
 """
-"""ARGV: now, ttl seconds, and one line per claim: "<user>\\t<token>\\t<value>\\n" (token keys
-and symbols never hold tabs or newlines: the wire schema refuses control characters).
-Returns one character per claim: "1" won (recorded: send), "0" already notified.
-Expired fields of a big hash are swept every 256 new ones (not at every claim: a lenient
-user may hold thousands of tokens in 14 days).
+"""KEYS[1]: the history outbox stream. ARGV: now, ttl seconds, and one line per claim:
+"<user>\\t<token>\\t<value>\\t<history row>\\n" (token keys and symbols never hold tabs or
+newlines: the wire schema refuses control characters; the row is an outbox payload, whose
+JSON escapes them). Returns one character per claim: "1" won (recorded: send), "0"
+already notified. Expired fields of a big hash are swept every 256 new ones (not at every
+claim: a lenient user may hold thousands of tokens in 14 days).
 
-The keys (`accepted_key`) are built in the script, not passed as KEYS: a burst of claims
-is one short command instead of three arguments per claim. Fine on one Redis server,
-which is what callwatch runs; a Redis Cluster would need KEYS grouped by slot."""
+The users' keys (`accepted_key`) are built in the script, not passed as KEYS: a burst of
+claims is one short command instead of three arguments per claim. Fine on one Redis
+server, which is what callwatch runs; a Redis Cluster would need KEYS grouped by slot."""
+
+
+class _Event:
+    """What every claim of one passed event shares, worked out once."""
+
+    __slots__ = ("chain", "fdv", "passed", "symbol", "text", "token")
+
+    def __init__(self, passed: Passed) -> None:
+        event = passed.event
+        self.passed = passed
+        self.token = event.token_key
+        self.fdv = float(event.fdv)
+        self.chain = event.chain_id
+        symbol = event.symbol
+        if "\t" in symbol or "\n" in symbol:  # never from the feed; keep the lines intact
+            symbol = " ".join(symbol.split())
+        self.symbol = symbol
+        self.text = passed.text
 
 
 class NotifyGate(Actor):
     """Registered as ``notify-gate``; see the module docs."""
 
-    mailbox = MailboxSpec(capacity=200_000)
+    mailbox = MailboxSpec(capacity=10_000)
 
     def __init__(
         self,
         store: StoreHandle,
+        config: FilterSettingsSection | None = None,
         *,
+        history_stream: str = DEFAULT_STREAM,
         max_batch: int = 256,
-        max_in_flight: int = 4,
+        max_in_flight: int = 8,
+        max_pending: int = 100_000,
         max_wait: float = 30.0,
         retry_s: float = 0.5,
         drain_s: float = 3.0,
@@ -97,20 +142,23 @@ class NotifyGate(Actor):
         multipliers: str = "multipliers",
     ) -> None:
         self.store = store
+        self.accepted_ttl = (config or FilterSettingsSection()).accepted_ttl_days * DAY
+        self.history_stream = history_stream
         self.max_batch = max_batch
+        self.max_pending = max_pending
         self.max_wait = max_wait
         self.retry_s = retry_s
         self.drain_s = drain_s
         self._names = (sender, multipliers)
-        self._pending: deque[Claim] = deque()
+        self._pending: deque[tuple[int, _Event, float]] = deque()
+        """(user id, event, decided at): claims not yet on the wire."""
         self.max_in_flight = max_in_flight
-        self.spread_at = max(1, max_batch // 8)
-        """Claims waiting behind a busy flusher that call for one more."""
         self._in_flight = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._refs: dict[str, Ref] = {}
         self._scripts: dict[int, Any] = {}
         self._idle: anyio.Event | None = None
+        self._room: anyio.Event | None = None
         self.won = 0
         self.lost = 0
         self.dropped = 0
@@ -138,19 +186,17 @@ class NotifyGate(Actor):
             log.warning("notify_gate_unflushed", claims=len(self._pending))
 
     async def receive(self, message: Any) -> Any:
-        if isinstance(message, Claim):
-            if "\t" in message.token_key or "\n" in message.token_key:
-                log.error("notify_gate_bad_token", token=message.token_key[:80])
-                return None
-            self._pending.append(message)
-            # One flusher while idle; more (up to max_in_flight) while a backlog builds, so
-            # the next batch is on its way while Redis answers the previous one.
-            busy = self._in_flight
-            if self._tg is not None and (
-                busy == 0 or (busy < self.max_in_flight and len(self._pending) >= self.spread_at)
-            ):
+        if isinstance(message, Passes):
+            self._take(message)
+            # A flusher for every batch that arrives while the others wait for Redis (up to
+            # max_in_flight): claims never wait out another batch's round trip (mostly an
+            # fsync), and Redis shares one fsync among the batches of one turn.
+            if self._tg is not None and self._pending and self._in_flight < self.max_in_flight:
                 self._in_flight += 1
                 self._tg.start_soon(self._flush_loop)
+            while len(self._pending) >= self.max_pending:
+                room = self._room = anyio.Event()
+                await room.wait()
             return None
         if message is GATE_IDLE:
             while self._pending or self._in_flight:
@@ -168,6 +214,17 @@ class NotifyGate(Actor):
         log.warning("notify_gate_unexpected", message=type(message).__name__)
         return None
 
+    def _take(self, message: Passes) -> None:
+        now = message.now
+        pending = self._pending
+        for passed in message.passed:
+            token = passed.event.token_key
+            if "\t" in token or "\n" in token:
+                log.error("notify_gate_bad_token", token=token[:80])
+                continue
+            event = _Event(passed)
+            pending.extend((user_id, event, now) for user_id in passed.user_ids)
+
     async def _flush_loop(self) -> None:
         try:
             while self._pending:
@@ -181,30 +238,46 @@ class NotifyGate(Actor):
 
     async def _flush_once(self) -> bool:
         """Claim one batch; False when the store failed (the batch is put back)."""
-        batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+        pending = self._pending
+        batch = [pending.popleft() for _ in range(min(self.max_batch, len(pending)))]
+        if self._room is not None and len(pending) < self.max_pending:
+            self._room.set()
         if not batch:
             return True
         lines = []
-        ttl = 1
+        ttl = math.ceil(self.accepted_ttl) + 1
         now = 0.0
-        for claim in batch:
-            track = claim.track
-            symbol = track.symbol
-            if "\t" in symbol or "\n" in symbol:  # never from the feed; keep the lines intact
-                symbol = " ".join(symbol.split())
+        stamps: dict[float, datetime] = {}
+        for user_id, event, at in batch:
+            expires = at + self.accepted_ttl
+            sent_at = stamps.get(at)
+            if sent_at is None:
+                sent_at = stamps[at] = datetime.fromtimestamp(at, UTC)
+            row = encode_notification(
+                NotificationRow(
+                    chat_id=user_id,
+                    dedup_key=f"call:{event.token}:{user_id}",
+                    fdv=event.fdv,
+                    kind="call",
+                    sent_at=sent_at,
+                    threshold=0,
+                    token_key=event.token,
+                )
+            ).decode()
             lines.append(
-                f"{claim.user_id}\t{claim.token_key}\t{math.ceil(claim.expires_at)} "
-                f"{track.fdv_at_notify!r} {int(claim.now)} {symbol}\n"
+                f"{user_id}\t{event.token}\t{math.ceil(expires)} {event.fdv!r} {int(at)} "
+                f"{event.symbol}\t{row}\n"
             )
-            ttl = max(ttl, int(claim.expires_at - claim.now) + 1)
-            now = max(now, claim.now)
+            now = max(now, at)
         try:
             client = self.store.redis()
             script = self._scripts.get(id(client))
             if script is None:
                 self._scripts = {id(client): client.register_script(CLAIM_SCRIPT)}
                 script = self._scripts[id(client)]
-            results = await script(args=[repr(now), ttl, "".join(lines)])
+            results = await script(
+                keys=[self.history_stream], args=[repr(now), ttl, "".join(lines)]
+            )
         except STORE_ERRORS as exc:
             self._pending.extendleft(reversed(batch))
             log.warning(
@@ -215,48 +288,55 @@ class NotifyGate(Actor):
             results = results.encode()
         if len(results) != len(batch):
             raise RuntimeError(f"claim script answered {len(results)} results for {len(batch)}")
-        sender, multipliers = self._ref(self._names[0]), self._ref(self._names[1])
-        history: list[tuple[str, dict[str, Any]]] = []
-        for claim, won in zip(batch, results, strict=True):
+        outbound: list[Outbound] = []
+        tracks: list[Track] = []
+        for (user_id, event, _), won in zip(batch, results, strict=True):
             if won != 49:  # b"1"[0]
                 self.lost += 1
                 continue
             self.won += 1
-            history.append(("notifications", _history_row(claim)))
+            token = event.token
+            outbound.append(
+                Outbound(
+                    chat_id=user_id,
+                    text=event.text,
+                    lane=Lane.ALERT,
+                    dedup_key=f"call:{user_id}:{token}",
+                    digest_key=f"alerts:{user_id}",
+                    kind="notification",
+                )
+            )
+            tracks.append(
+                Track(
+                    token_key=token,
+                    user_id=user_id,
+                    fdv_at_notify=event.fdv,
+                    symbol=event.symbol,
+                    chain=event.chain,
+                )
+            )
+        if outbound:
+            sender, multipliers = self._ref(self._names[0]), self._ref(self._names[1])
             if sender is None:
-                self.undeliverable += 1
+                self.undeliverable += len(outbound)
             else:
-                await sender.tell(claim.outbound)
+                await sender.tell(Outbounds(tuple(outbound)))
             if multipliers is not None:
-                await multipliers.tell(claim.track)
-        await self._record(history)
+                await multipliers.tell(TrackMany(tuple(tracks)))
         return True
-
-    async def _record(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
-        """The notifications history (reports, admin stats) through the outbox; best
-        effort: the claim in Redis is what keeps a token from being notified twice."""
-        if not rows:
-            return
-        try:
-            await append_history_many(self.store, rows)
-        except (StoreUnavailable, HistoryRejected) as exc:
-            log.warning("notify_gate_history_not_recorded", rows=len(rows), error=str(exc)[:200])
 
     def _drop_stale(self) -> None:
         if not self._pending:
             return
         oldest_ok = self.ctx.clock.wall() - self.max_wait
-        kept: deque[Claim] = deque()
-        for claim in self._pending:
-            if claim.now >= oldest_ok:
-                kept.append(claim)
-                continue
-            self.dropped += 1
-            if isinstance(claim.reply_to, Ref):
-                claim.reply_to.tell_nowait(ClaimDropped(claim.token_key))
-        if len(kept) != len(self._pending):
-            log.error("notify_gate_dropped", dropped=len(self._pending) - len(kept))
+        kept = deque(claim for claim in self._pending if claim[2] >= oldest_ok)
+        dropped = len(self._pending) - len(kept)
+        if dropped:
+            self.dropped += dropped
+            log.error("notify_gate_dropped", dropped=dropped, reason="store down too long")
         self._pending = kept
+        if self._room is not None and len(kept) < self.max_pending:
+            self._room.set()
 
     def _ref(self, name: str) -> Ref | None:
         ref = self._refs.get(name)
@@ -277,15 +357,3 @@ class _Counts:
 GATE_COUNTS: Final = _Counts()
 GATE_IDLE: Final = object()
 """Ask: answered once every claim received so far is decided and released (tests)."""
-
-
-def _history_row(claim: Claim) -> dict[str, Any]:
-    return {
-        "dedup_key": f"call:{claim.token_key}:{claim.user_id}",
-        "chat_id": claim.user_id,
-        "token_key": claim.token_key,
-        "kind": "call",
-        "threshold": 0,
-        "fdv": float(claim.track.fdv_at_notify),
-        "sent_at": datetime.fromtimestamp(claim.now, UTC),
-    }

@@ -83,6 +83,7 @@ from messages.delivery import (
     DeliveryFailed,
     Lane,
     Outbound,
+    Outbounds,
     SenderStats,
     SenderStatus,
 )
@@ -350,6 +351,11 @@ class Sender(Actor):
             answer = reply if isinstance(reply, Reply) else None
             if isinstance(message, Outbound):
                 self._accept(message, answer)
+            elif isinstance(message, Outbounds):
+                for item in message.items:
+                    self._accept(item, None)
+                if answer is not None:
+                    answer.set(None)
             else:
                 try:
                     result = await self.receive(message)

@@ -1,13 +1,13 @@
 """One actor per user (``user:<chat_id>`` under the ``users`` dynamic supervisor).
 
 It owns the user's settings (PostgreSQL ``settings`` + ``settings_changes``, cached in
-Redis), their standing (reachable, locked, subscription) and the decision to notify. Its
-shard holds a copy of its thresholds and tells it `Candidate` when an event passes; the
-actor then checks what only it knows for sure (paused, subscription still running at
-this moment, not notified already) and hands a `Claim` to the notify gate, which records
-the token in the user's processed-token memory in Redis atomically and only then sends
-the notification and the tracking request. So a duplicate candidate, a repeat event or a
-restart of anything can never notify twice.
+Redis) and their standing (reachable, locked, paused, subscription), and answers the
+bot's commands. It keeps its shard's copy current (`UserSettingsChanged`: thresholds,
+whether alerts may go out, until when), so deciding an event needs no message to any
+user actor: the shard hands what passes to the notify gate, which records the token in
+the user's processed-token memory in Redis atomically and only then sends the
+notification and the tracking request. So a repeat event or a restart of anything can
+never notify twice (see ``actors.notify_gate``).
 
 Store outages never crash the actor: commands are answered with `Unavailable` and
 nothing changes.
@@ -16,9 +16,8 @@ nothing changes.
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any
 
 import structlog
 
@@ -36,15 +35,11 @@ from actors.user_store import (
     set_reachable,
 )
 from messages.billing import SubscriptionChanged
-from messages.delivery import ChatBlocked, Lane, Outbound
+from messages.delivery import ChatBlocked
 from messages.filters import FIELD_LABELS, FilterError, FilterSettings, format_value, preset_by_name
 from messages.settings import FilterSettingsSection
-from messages.tracking import Track
 from messages.users import (
     ApplyPreset,
-    Candidate,
-    Claim,
-    ClaimDropped,
     GetSettings,
     GetStatus,
     GetTracked,
@@ -65,14 +60,9 @@ from messages.users import (
 )
 from runtime import Actor, MailboxSpec, NameNotFound, Ref
 
-__all__ = ["RECENT_TOKENS", "UserActor", "user_name"]
+__all__ = ["UserActor", "user_name"]
 
 log = structlog.get_logger(__name__)
-
-RECENT_TOKENS: Final = 256
-"""Tokens a user actor remembers having claimed, so repeats skip the gate (Redis decides
-for everything else)."""
-DAY: Final = 86400.0
 
 
 def user_name(chat_id: int) -> str:
@@ -92,26 +82,17 @@ class UserActor(Actor):
         store: StoreHandle,
         config: FilterSettingsSection | None = None,
         initial: UserRecord | None = None,
-        *,
-        gate: str = "notify-gate",
     ) -> None:
         self.user_id = user_id
         self.store = store
         self.config = config or FilterSettingsSection()
         self.initial = initial
-        self.gate_name = gate
-        self.accepted_ttl = self.config.accepted_ttl_days * DAY
         self.record = initial or UserRecord(chat_id=user_id)
-        self._recent: OrderedDict[str, float] = OrderedDict()
         self._shard: Ref | None = None
-        self._gate: Ref | None = None
-        self._shard_active: bool | None = None
-        self._clock: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def started(self) -> None:
-        self._clock = self.ctx.clock
         if self.initial is None or self.ctx.incarnation > 1:
             await self._reload(fallback=True)
         await self._push()
@@ -163,20 +144,17 @@ class UserActor(Actor):
                 return
         await shard.tell(
             UserSettingsChanged(
-                user_id=self.user_id, settings=self.record.settings, active=active, ref=self.ctx.ref
+                user_id=self.user_id,
+                settings=self.record.settings,
+                active=active,
+                ref=self.ctx.ref,
+                until=self.record.subscribed_until or 0.0,
             )
         )
-        self._shard_active = active
 
     # -- messages ------------------------------------------------------------------------
 
     async def receive(self, message: Any) -> Any:
-        if isinstance(message, Candidate):
-            await self._candidate(message)
-            return None
-        if isinstance(message, ClaimDropped):
-            self._recent.pop(message.token_key, None)
-            return None
         try:
             return await self._command(message)
         except STORE_ERRORS as exc:
@@ -187,64 +165,6 @@ class UserActor(Actor):
                 error=repr(exc)[:200],
             )
             return Unavailable()
-
-    async def _candidate(self, candidate: Candidate) -> None:
-        now = self._clock.wall()
-        record = self.record
-        if (
-            record.settings.paused
-            or not record.reachable
-            or record.locked
-            or record.subscribed_until is None
-            or record.subscribed_until <= now
-        ):
-            if self._shard_active and not self._active(now):
-                await self._push()  # the subscription ran out: stop the shard asking
-            return
-        event = candidate.event
-        token = event.token_key
-        recent = self._recent
-        remembered = recent.get(token)
-        if remembered is not None and remembered > now:
-            return
-        expires = now + self.accepted_ttl
-        recent[token] = expires
-        if len(recent) > RECENT_TOKENS:
-            recent.popitem(last=False)
-        gate = self._gate
-        if gate is None or not gate.alive:
-            try:
-                gate = self._gate = self.ctx.lookup(self.gate_name)
-            except NameNotFound:
-                del recent[token]
-                log.error("user_no_gate", user_id=self.user_id)
-                return
-        uid = self.user_id
-        claim = Claim(
-            user_id=uid,
-            token_key=token,
-            now=now,
-            expires_at=expires,
-            outbound=Outbound(
-                chat_id=uid,
-                text=candidate.text,
-                lane=Lane.ALERT,
-                dedup_key=f"call:{uid}:{token}",
-                digest_key=f"alerts:{uid}",
-                kind="notification",
-            ),
-            track=Track(
-                token_key=token,
-                user_id=uid,
-                fdv_at_notify=event.fdv,
-                symbol=event.symbol,
-                chain=event.chain_id,
-            ),
-            reply_to=self.ctx.ref,
-        )
-        if not gate.tell_nowait(claim):  # only when the gate is hopelessly behind
-            del recent[token]
-            log.error("user_claim_refused", user_id=uid, token=token)
 
     async def _command(self, message: Any) -> Any:
         if isinstance(message, GetStatus):

@@ -28,6 +28,7 @@ from actors.filter_router import FilterRouter
 from actors.filter_shard import FilterShard, shard_name
 from actors.notify_gate import NotifyGate
 from actors.store.handle import StoreHandle
+from actors.store.outbox import DEFAULT_STREAM
 from actors.user import UserActor, user_name
 from actors.user_store import (
     STORE_ERRORS,
@@ -105,7 +106,6 @@ def user_spec(
     record: UserRecord,
     store: StoreHandle,
     config: FilterSettingsSection,
-    gate: str = "notify-gate",
 ) -> ChildSpec:
     """The child spec of one user's actor (restarted only when it crashes)."""
     return worker(
@@ -116,7 +116,6 @@ def user_spec(
         store=store,
         config=config,
         initial=record,
-        gate=gate,
     )
 
 
@@ -131,13 +130,11 @@ class UserDirectory(Actor):
         config: FilterSettingsSection | None = None,
         *,
         supervisor: str = USERS_SUPERVISOR,
-        gate: str = "notify-gate",
         ask_timeout: float = 5.0,
     ) -> None:
         self.store = store
         self.config = config or FilterSettingsSection()
         self.supervisor_name = supervisor
-        self.gate = gate
         self.ask_timeout = ask_timeout
         self.loaded = 0
 
@@ -148,7 +145,7 @@ class UserDirectory(Actor):
         started = existing = 0
         for begin in range(0, len(records), START_BATCH):
             chunk = records[begin : begin + START_BATCH]
-            specs = [user_spec(r, self.store, self.config, self.gate) for r in chunk]
+            specs = [user_spec(r, self.store, self.config) for r in chunk]
             results = await start_children(supervisor_ref, specs, timeout=120.0)
             for result in results:
                 if isinstance(result, ChildError):
@@ -171,7 +168,7 @@ class UserDirectory(Actor):
     async def _start(self, record: UserRecord) -> Ref:
         return await start_child(
             self.ctx.lookup(self.supervisor_name),
-            user_spec(record, self.store, self.config, self.gate),
+            user_spec(record, self.store, self.config),
         )
 
     async def receive(self, message: Any) -> Any:
@@ -294,6 +291,7 @@ def users_branch(
     name: str = "user-service",
     max_users: int = 100_000,
     record_calls: bool = True,
+    history_stream: str = DEFAULT_STREAM,
 ) -> ChildSpec:
     """The users subtree; place it after ``channel-stats``, ``multipliers`` and ``sender``."""
     config = config or FilterSettingsSection()
@@ -308,7 +306,13 @@ def users_branch(
             dynamic_supervisor(USERS_SUPERVISOR, max_children=max_users),
             worker(DIRECTORY, UserDirectory, store=store, config=config),
             worker("filters", FilterRouter, store=store, config=config, record_calls=record_calls),
-            worker("notify-gate", NotifyGate, store=store),
+            worker(
+                "notify-gate",
+                NotifyGate,
+                store=store,
+                config=config,
+                history_stream=history_stream,
+            ),
         ],
         strategy=Strategy.REST_FOR_ONE,
         max_restarts=10,

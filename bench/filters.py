@@ -3,7 +3,8 @@
 The real actors on real servers (an embedded Redis and PostgreSQL in a temporary folder):
 the filter router, the shards (``filters.shards`` from the settings, default 4; see
 ``--shards``), one user actor per user (started in bulk by the directory from
-PostgreSQL), the notify gate with its Redis claims; recording stand-ins only for
+PostgreSQL; they keep their shard's rows, they are not on the path of an event), the
+notify gate with its Redis claims and history rows; recording stand-ins only for
 ``sender`` and ``multipliers`` (the end of the measured path: a notification request
 handed to the sender) and for ``channel-stats`` (statistics are pushed once).
 
@@ -57,7 +58,7 @@ from actors.store.migrate import migrate  # noqa: E402
 from actors.store.postgres_owner import PostgresOwner  # noqa: E402
 from actors.store.redis_owner import RedisOwner  # noqa: E402
 from actors.user_directory import users_branch  # noqa: E402
-from messages.delivery import Outbound  # noqa: E402
+from messages.delivery import Outbound, Outbounds  # noqa: E402
 from messages.filters import ChannelStats, FilterSettings, encode_settings  # noqa: E402
 from messages.settings import FilterSettingsSection, StoreSettings  # noqa: E402
 from messages.users import StatsSnapshot  # noqa: E402
@@ -82,7 +83,10 @@ class Arrivals(Actor):
         self.log = log
 
     async def receive(self, message: Any) -> Any:
-        if isinstance(message, Outbound):
+        if isinstance(message, Outbounds):
+            at = time.perf_counter()
+            self.log.extend((at, o.dedup_key or "") for o in message.items)
+        elif isinstance(message, Outbound):
             self.log.append((time.perf_counter(), message.dedup_key or ""))
         return None
 

@@ -205,7 +205,7 @@ def build_tree(settings: Settings, env: Environment) -> ChildSpec:
             channel_stats(settings, env),
             multipliers(settings, env),
             sender(settings, env),
-            users_branch(env.store, settings.filters),
+            users_branch(env.store, settings.filters, history_stream=settings.store.outbox_stream),
             payments(settings, env),
             reports(settings, env),
             bot(settings, env),

@@ -37,6 +37,13 @@ class Outbound(msgspec.Struct, frozen=True, kw_only=True):
     """What this is, for metrics: message, notification, multiplier, broadcast, report."""
 
 
+class Outbounds(msgspec.Struct, frozen=True):
+    """Several messages in one hop (the notify gate releases its claims in batches, and a
+    message per notification would cost more than deciding them)."""
+
+    items: tuple[Outbound, ...]
+
+
 class Delivered(msgspec.Struct, frozen=True):
     """Reply to an asked Outbound (interactive lane) once Telegram accepted it."""
 

@@ -15,6 +15,12 @@ class Track(msgspec.Struct, frozen=True, kw_only=True):
     chain: str = ""
 
 
+class TrackMany(msgspec.Struct, frozen=True):
+    """Several `Track` requests in one hop (from the notify gate's batches)."""
+
+    items: tuple[Track, ...]
+
+
 class Untrack(msgspec.Struct, frozen=True):
     token_key: str
     user_id: int

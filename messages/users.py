@@ -15,22 +15,18 @@ Fields typed ``object`` carry actor refs; these messages never leave the process
 
 from __future__ import annotations
 
+import math
 from typing import TypeAlias
 
 import msgspec
 
-from messages.delivery import Outbound
 from messages.filters import FIELD_NAMES, ChannelStats, FilterSettings
-from messages.tracking import Track
 from messages.wire import TokenEvent
 
 __all__ = [
     "ApplyPreset",
     "CallSeen",
     "CallsSeen",
-    "Candidate",
-    "Claim",
-    "ClaimDropped",
     "GetSettings",
     "GetStatus",
     "GetTracked",
@@ -41,6 +37,8 @@ __all__ = [
     "Locate",
     "Located",
     "NotRegistered",
+    "Passed",
+    "Passes",
     "Pause",
     "PresetInfo",
     "PresetList",
@@ -314,51 +312,44 @@ UserReply: TypeAlias = (
 # -- the filter pipeline -----------------------------------------------------------------
 
 
-class Candidate(msgspec.Struct, frozen=True):
-    """A token event that passed a user's filters in their shard (shard -> user actor).
-
-    One instance is shared by every passing user of the event: ``text`` is the rendered
-    notification, ``routed_at`` the router's monotonic time (for latency metrics).
-    """
-
-    event: TokenEvent
-    text: str
-    routed_at: float
-
-
 class UserSettingsChanged(msgspec.Struct, frozen=True, kw_only=True):
     """A user actor's row for its shard: settings, whether it may receive alerts at all
-    (subscribed, reachable, not locked), and the ref candidates go to."""
+    (subscribed, reachable, not locked), until when (the subscription's end: the shard
+    stops at that moment without being told), and the user actor's ref."""
 
     user_id: int
     settings: FilterSettings
     active: bool
     ref: object
+    until: float = math.inf
 
 
 class UserRemoved(msgspec.Struct, frozen=True):
     user_id: int
 
 
-class Claim(msgspec.Struct, frozen=True, kw_only=True):
-    """User actor -> notify gate: record ``token_key`` as notified for ``user_id`` unless
-    it already is (until ``expires_at``, Unix seconds), and only then release the
-    notification and the tracking request."""
+class Passed(msgspec.Struct, frozen=True):
+    """One token event and the users of one shard whose filters it passed.
 
-    user_id: int
-    token_key: str
+    ``text`` is the rendered notification, made once per event and shared.
+    """
+
+    event: TokenEvent
+    text: str
+    user_ids: tuple[int, ...]
+
+
+class Passes(msgspec.Struct, frozen=True, kw_only=True):
+    """Shard -> notify gate: what one shard decided for one batch of events.
+
+    One message per batch, not per user: at thousands of events a second with ~10
+    passing users each, a message per notification was most of the cost. ``now`` is the
+    wall-clock time of the decision, ``routed_at`` the router's monotonic time (latency).
+    """
+
+    passed: tuple[Passed, ...]
     now: float
-    expires_at: float
-    outbound: Outbound
-    track: Track
-    reply_to: object | None = None
-
-
-class ClaimDropped(msgspec.Struct, frozen=True):
-    """Gate -> user actor: the claim could not be recorded (store down too long); nothing
-    was sent, so the token may be tried again."""
-
-    token_key: str
+    routed_at: float
 
 
 class CallSeen(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ import pytest
 from actors.multiplier_index import MultiplierIndex
 from actors.multipliers import Multipliers
 from messages.delivery import Outbound
-from messages.tracking import Track, TrackedBy
+from messages.tracking import Track, TrackedBy, TrackMany
 from supervisors import Tree
 from tests.conftest import BOTH_BACKENDS
 from tests.helpers import eventually
@@ -46,8 +46,13 @@ async def test_actor_alerts_2x_then_5x_and_a_jump_names_the_highest() -> None:
     store, sink = MemoryStore(), []
     async with Tree(tree_spec(store, sink)).running() as tree:
         mult = tree.lookup("multipliers")
-        await mult.ask(Track(token_key=TOKEN, user_id=1, fdv_at_notify=100))
-        await mult.ask(Track(token_key=TOKEN, user_id=2, fdv_at_notify=10))
+        both = TrackMany(
+            (
+                Track(token_key=TOKEN, user_id=1, fdv_at_notify=100),
+                Track(token_key=TOKEN, user_id=2, fdv_at_notify=10),
+            )
+        )
+        assert await mult.ask(both) == 2  # the notify gate's batches
         mult.tell_nowait(price(TOKEN, 200))  # user 1: 2x; user 2: 20x
         await eventually(lambda: len(sink) == 2)
         mult.tell_nowait(price(TOKEN, 500))  # user 1: 5x; user 2: 50x

@@ -17,6 +17,7 @@ from messages.delivery import (
     DeliveryFailed,
     Lane,
     Outbound,
+    Outbounds,
 )
 from runtime import ActorSystem
 from sandbox.telegram import TelegramEmulator
@@ -298,8 +299,8 @@ async def test_backed_up_alerts_coalesce_into_a_digest(redis_url: str) -> None:
         sender_tree(handle, emu, global_rate=200) as (_, sender),
     ):
         await sender.ask(alert(5, "first", digest_key="calls"), timeout=5)
-        for i in range(6):
-            sender.tell_nowait(alert(5, f"<b>token {i}</b>", digest_key="calls"))
+        batch = [alert(5, f"<b>token {i}</b>", digest_key="calls") for i in range(6)]
+        sender.tell_nowait(Outbounds(tuple(batch)))  # as the notify gate sends them
         sender.tell_nowait(alert(5, "x" * 4_050, digest_key="calls"))
         await emu.wait_sent(5, 3, timeout=10)
         status = await stats_when(sender, lambda s: s.in_flight == 0)

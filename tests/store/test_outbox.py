@@ -17,6 +17,7 @@ from actors.store.outbox import (
     HISTORY_TABLES,
     HistoryRejected,
     Kind,
+    NotificationRow,
     OutboxCounters,
     OutboxStats,
     OutboxStatus,
@@ -27,6 +28,7 @@ from actors.store.outbox import (
     append_history_many,
     dead_letter_stream,
     encode_history,
+    encode_notification,
     next_id,
 )
 from tests.helpers import eventually
@@ -254,6 +256,27 @@ def test_valid_rows_encode_to_one_writable_entry(item: tuple[str, dict[str, Any]
     decoded = msgspec.json.decode(rows[0])
     assert decoded["dedup_key"] == row["dedup_key"]
     assert set(decoded) == set(row)
+
+
+@given(
+    chat_id=st.integers(-(2**63), 2**63 - 1),
+    token=st.text(st.characters(exclude_categories=["Cs", "Cc"]), min_size=3, max_size=80),
+    fdv=st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    sent_at=st.datetimes(timezones=st.just(UTC)),
+)
+def test_the_gates_notification_rows_encode_as_checked_rows_do(
+    chat_id: int, token: str, fdv: float, sent_at: datetime
+) -> None:
+    row = NotificationRow(
+        chat_id=chat_id,
+        dedup_key=f"call:{token}:{chat_id}",
+        fdv=fdv,
+        kind="call",
+        sent_at=sent_at,
+        threshold=0,
+        token_key=token,
+    )
+    assert encode_notification(row) == encode_history("notifications", msgspec.structs.asdict(row))
 
 
 def test_next_id() -> None:

@@ -23,10 +23,10 @@ from actors.store.redis_owner import RedisOwner
 from actors.user import user_name
 from actors.user_directory import users_branch
 from actors.user_store import to_wall
-from messages.delivery import Outbound
+from messages.delivery import Outbound, Outbounds
 from messages.filters import ChannelStats, FilterSettings, encode_settings
 from messages.settings import FilterSettingsSection, StoreSettings
-from messages.tracking import Track
+from messages.tracking import Track, TrackMany
 from messages.users import GetStatus, StatsSnapshot
 from messages.wire import ChannelCall, TokenEvent
 from runtime import Actor, ActorSystem, ManualClock
@@ -43,7 +43,8 @@ QUIET_STORE = StoreSettings(watch_interval=86400.0)
 
 
 class Collect(Actor):
-    """Stands in for ``sender`` or ``multipliers``: keeps what it is told."""
+    """Stands in for ``sender`` or ``multipliers``: keeps what it is told (the items of a
+    batch one by one)."""
 
     def __init__(self, sink: list[Any]) -> None:
         self.sink = sink
@@ -51,7 +52,10 @@ class Collect(Actor):
     async def receive(self, message: Any) -> Any:
         if message == "sync":
             return len(self.sink)
-        self.sink.append(message)
+        if isinstance(message, Outbounds | TrackMany):
+            self.sink.extend(message.items)
+        else:
+            self.sink.append(message)
         return None
 
 

@@ -5,6 +5,7 @@ Hand-made users and events on real Redis and PostgreSQL, time from a ManualClock
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from actors.filter_logic import EventFacts, decide_one
@@ -13,8 +14,16 @@ from actors.store.handle import StoreHandle
 from messages.delivery import Lane
 from messages.filters import FilterSettings
 from messages.settings import FilterSettingsSection
+from messages.users import RefreshUser
 from runtime import ManualClock
-from tests.users.support import WALL0, Harness, add_user, channel, token_event
+from tests.users.support import (
+    WALL0,
+    Harness,
+    add_subscription,
+    add_user,
+    channel,
+    token_event,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -128,6 +137,19 @@ async def test_paused_unsubscribed_expired_and_blocked_users_get_nothing(
         await h.event(token_event("second", [(STRONG, 10)], now=h.now))
         await h.settle(users)
         assert [n for n in h.notified() if n[1] == "solana:second"] == [(1, "solana:second")]
+
+        conn = await asyncpg.connect(database_url)  # renewed: alerts again from now on
+        try:
+            await add_subscription(conn, 5, h.now - 1, h.now + 86400)
+        finally:
+            await conn.close()
+        await h.lookup("user:5").ask(RefreshUser(5))
+        await h.event(token_event("third", [(STRONG, 10)], now=h.now))
+        await h.settle(users)
+        assert sorted(n for n in h.notified() if n[1] == "solana:third") == [
+            (1, "solana:third"),
+            (5, "solana:third"),
+        ]
 
 
 async def test_a_token_is_never_told_twice_across_a_whole_tree_restart(

@@ -134,12 +134,11 @@ def test_batches_decide_like_the_reference() -> None:
     assert passed > 500  # the cases are not all trivially empty
 
 
-def test_each_event_gets_one_shared_candidate() -> None:
+def test_each_event_text_is_rendered_once_and_shared() -> None:
     rng = random.Random(3)
     stats = random_stats(rng, 10)
     events = [random_event(rng, i, 10) for i in range(5)]
     batch = FactsBatch(events, stats, NOW, routed_at=12.5)
-    first = batch.candidate(2)
-    assert batch.candidate(2) is first
-    assert first.event is events[2] and first.routed_at == 12.5
-    assert "<b>S</b>" in first.text
+    first = batch.text(2)
+    assert batch.text(2) is first
+    assert "<b>S</b>" in first

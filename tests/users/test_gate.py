@@ -1,5 +1,6 @@
-"""The notify gate: one notification per (user, token) however often it is claimed, and
-claims that wait out a Redis outage (or are given up, and said so)."""
+"""The notify gate: one notification per (user, token) however often it is claimed, its
+history row recorded with the claim, and claims that wait out a Redis outage (or are given
+up, and counted)."""
 
 from __future__ import annotations
 
@@ -14,42 +15,55 @@ from actors.store.handle import StoreHandle
 from actors.user_store import accepted_key
 from messages.delivery import Lane, Outbound
 from messages.tracking import Track
-from messages.users import Claim, ClaimDropped
+from messages.users import Passed, Passes
+from messages.wire import TokenEvent
 from runtime import ActorSystem, ManualClock
 from supervisors import NO_BACKOFF, Strategy, Tree, supervisor, worker
-from tests.users.support import Collect
+from tests.users.support import Collect, token_event
 
 pytestmark = pytest.mark.anyio
 
 DAY = 86400.0
 
 
-def claim(user: int, token: str, now: float, reply_to: object = None) -> Claim:
-    return Claim(
-        user_id=user,
-        token_key=token,
+STREAM = "test:history"
+
+
+def event(address: str, now: float) -> TokenEvent:
+    return token_event(address, [(1, 10)], now=now, fdv=1e6, symbol="PEPE")
+
+
+def passes(now: float, *claims: tuple[int, str]) -> Passes:
+    """The shards' message: (user, token address) pairs, one `Passed` per token."""
+    by_token: dict[str, list[int]] = {}
+    for user, address in claims:
+        by_token.setdefault(address, []).append(user)
+    return Passes(
+        passed=tuple(
+            Passed(
+                token_event(address, [(1, 10)], now=now, fdv=1e6, symbol="PEPE"), "hi", tuple(users)
+            )
+            for address, users in by_token.items()
+        ),
         now=now,
-        expires_at=now + 14 * DAY,
-        outbound=Outbound(
-            chat_id=user, text="hi", lane=Lane.ALERT, dedup_key=f"call:{user}:{token}"
-        ),
-        track=Track(
-            token_key=token, user_id=user, fdv_at_notify=1e6, symbol="PEPE", chain="solana"
-        ),
-        reply_to=reply_to,
+        routed_at=0.0,
     )
 
 
-def tree(
-    store: StoreHandle, clock: ManualClock, sent: list[Any], tracked: list[Any], probe: list[Any]
-) -> Tree:
+def tree(store: StoreHandle, clock: ManualClock, sent: list[Any], tracked: list[Any]) -> Tree:
     spec = supervisor(
         "root",
         [
             worker("sender", Collect, sink=sent),
             worker("multipliers", Collect, sink=tracked),
-            worker("probe", Collect, sink=probe),
-            worker("notify-gate", NotifyGate, store=store, max_wait=30.0, retry_s=0.5),
+            worker(
+                "notify-gate",
+                NotifyGate,
+                store=store,
+                history_stream=STREAM,
+                max_wait=30.0,
+                retry_s=0.5,
+            ),
         ],
         strategy=Strategy.ONE_FOR_ONE,
         backoff=NO_BACKOFF,
@@ -65,14 +79,14 @@ async def test_duplicate_claims_release_one_notification_each(redis_url: str) ->
     sent: list[Any] = []
     tracked: list[Any] = []
     try:
-        async with tree(store, clock, sent, tracked, []).running() as t:
+        async with tree(store, clock, sent, tracked).running() as t:
             gate = t.lookup("notify-gate")
             now = clock.wall()
             for _ in range(3):
-                gate.tell_nowait(claim(1, "solana:AAA", now))
-            gate.tell_nowait(claim(2, "solana:AAA", now))
+                gate.tell_nowait(passes(now, (1, "AAA")))
+            gate.tell_nowait(passes(now, (2, "AAA"), (1, "AAA")))
             await gate.ask(GATE_IDLE)
-            gate.tell_nowait(claim(1, "solana:AAA", now + 60))  # a later batch, same answer
+            gate.tell_nowait(passes(now + 60, (1, "AAA")))  # a later batch, same answer
             await gate.ask(GATE_IDLE)
             await t.lookup("sender").ask("sync")
             await t.lookup("multipliers").ask("sync")
@@ -80,9 +94,22 @@ async def test_duplicate_claims_release_one_notification_each(redis_url: str) ->
     finally:
         await client.aclose()
     assert sorted(o.chat_id for o in sent) == [1, 2]
+    assert all(isinstance(o, Outbound) and o.lane is Lane.ALERT for o in sent)
+    assert sent[0].dedup_key == f"call:{sent[0].chat_id}:solana:AAA"
     assert sorted(t.user_id for t in tracked) == [1, 2]
-    assert (counts["won"], counts["lost"]) == (2, 3)
-    stored = redis.Redis.from_url(redis_url).hget(accepted_key(1), "solana:AAA")
+    assert tracked[0] == Track(
+        token_key="solana:AAA",
+        user_id=tracked[0].user_id,
+        fdv_at_notify=1e6,
+        symbol="PEPE",
+        chain="solana",
+    )
+    assert (counts["won"], counts["lost"]) == (2, 4)
+    sync = redis.Redis.from_url(redis_url)
+    history = [entry[b"h"].decode() for _, entry in sync.xrange(STREAM)]
+    assert len(history) == 2  # one row per notification, recorded with its claim
+    assert all(h.startswith("notifications\t") and '"token_key":"solana:AAA"' in h for h in history)
+    stored = sync.hget(accepted_key(1), "solana:AAA")
     assert isinstance(stored, bytes)
     expires, fdv, at, symbol = stored.decode().split(" ", 3)
     assert (int(expires), float(fdv), int(at), symbol) == (
@@ -98,12 +125,10 @@ async def test_claims_wait_out_a_redis_outage_or_are_given_up(redis_url: str) ->
     client = aioredis.Redis.from_url(redis_url)
     clock = ManualClock()
     sent: list[Any] = []
-    probe: list[Any] = []
     try:
-        async with tree(store, clock, sent, [], probe).running() as t:
+        async with tree(store, clock, sent, []).running() as t:
             gate = t.lookup("notify-gate")
-            reply_to = t.lookup("probe")
-            gate.tell_nowait(claim(1, "solana:AAA", clock.wall(), reply_to))
+            gate.tell_nowait(passes(clock.wall(), (1, "AAA")))
             await clock.advance(5)  # retried ten times, still down
             assert sent == [] and (await gate.ask(GATE_COUNTS))["pending"] == 1
 
@@ -114,11 +139,9 @@ async def test_claims_wait_out_a_redis_outage_or_are_given_up(redis_url: str) ->
             assert [o.chat_id for o in sent] == [1]
 
             store.publish_redis(None)  # down again, for longer than a claim may wait
-            gate.tell_nowait(claim(2, "solana:BBB", clock.wall(), reply_to))
+            gate.tell_nowait(passes(clock.wall(), (2, "BBB")))
             await clock.advance(31)
             await gate.ask(GATE_IDLE)
-            await t.lookup("probe").ask("sync")
-            assert probe == [ClaimDropped("solana:BBB")]
             counts = await gate.ask(GATE_COUNTS)
             assert (counts["dropped"], counts["pending"]) == (1, 0)
 

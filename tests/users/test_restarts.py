@@ -10,10 +10,11 @@ import pytest
 
 from actors.filter_batch import FactsBatch
 from actors.store.handle import StoreHandle
+from actors.user import UserActor
 from actors.user_directory import ask_users
 from messages.filters import FilterSettings
 from messages.settings import FilterSettingsSection
-from messages.users import Candidate, GetSettings, SetFilter, SettingsView
+from messages.users import GetSettings, GetStatus, SetFilter, SettingsView
 from runtime import ManualClock
 from tests.users.support import Harness, add_user, channel, token_event
 
@@ -48,8 +49,14 @@ def restarts(h: Harness, name: str) -> int:
 
 
 async def test_a_crashed_user_actor_comes_back_with_its_current_settings(
-    redis_url: str, database_url: str
+    redis_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    status = UserActor._status
+
+    def crash_once(self: UserActor, message: str = "") -> Any:
+        monkeypatch.setattr(UserActor, "_status", status)
+        raise RuntimeError("injected crash")
+
     await add_user(database_url, 5, FilterSettings(min_win_rate=80.0))
     h = Harness(
         StoreHandle(redis_url, database_url), ManualClock(), FilterSettingsSection(shards=2)
@@ -58,7 +65,8 @@ async def test_a_crashed_user_actor_comes_back_with_its_current_settings(
         await h.stats(STRONG, MEDIUM)
         await ask_users(h.lookup, SetFilter(chat_id=5, field="min_win_rate", text="60"))
         user = h.lookup("user:5")
-        user.tell_nowait(Candidate(None, "", 0.0))  # type: ignore[arg-type]  # crashes it
+        monkeypatch.setattr(UserActor, "_status", crash_once)
+        user.tell_nowait(GetStatus(5))
         await until(h, lambda: restarts(h, "user:5") == 1 and user.state == "running")
 
         view = await ask_users(h.lookup, GetSettings(5))
