@@ -2,7 +2,9 @@
 
 Same workloads, one run, so the ratios hold on a noisy shared machine:
 bulk tell throughput, a ring of actors passing tokens (hops/s), ask round-trip
-latency, and spawning 10,000 actors under a dynamic supervisor.
+latency, and spawning 10,000 actors under a dynamic supervisor: idle ones (no
+``started``: parked until their first message, ``spawn_10k_s``) and ones with a
+``started`` hook (a task each, ``spawn_10k_started_s``).
 
 Run: ``make bench-runtime`` (or ``python bench/runtime.py --quick``).
 """
@@ -75,6 +77,13 @@ class Echo(Actor):
         return message
 
 
+class StartedEcho(Echo):
+    """An Echo with a ``started`` hook: each one needs its own task from the start."""
+
+    async def started(self) -> None:
+        pass
+
+
 async def ours_bulk(n: int) -> float:
     done = anyio.Event()
     spec = supervisor("root", [worker("sink", Sink, expected=n, done=done)])
@@ -115,7 +124,7 @@ async def ours_ask(n: int) -> list[float]:
         return samples
 
 
-async def ours_spawn(n: int, trace_memory: bool) -> tuple[float, float]:
+async def ours_spawn(n: int, trace_memory: bool, actor: type[Actor] = Echo) -> tuple[float, float]:
     """Time (untraced run) or memory (traced run: tracemalloc slows everything)."""
     spec = supervisor("root", [dynamic_supervisor("users", max_children=n + 1)])
     async with Tree(spec).running() as tree:
@@ -125,7 +134,7 @@ async def ours_spawn(n: int, trace_memory: bool) -> tuple[float, float]:
             tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         start = time.perf_counter()
-        refs = await start_children(users, [worker(f"user:{i}", Echo) for i in range(n)])
+        refs = await start_children(users, [worker(f"user:{i}", actor) for i in range(n)])
         elapsed = time.perf_counter() - start
         after = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
@@ -246,6 +255,7 @@ def main() -> None:
     pykka_lat = pykka_ask(asks)
     spawn_s, _ = anyio.run(ours_spawn, spawn_n, False, backend_options=opts)
     _, kb_per_actor = anyio.run(ours_spawn, spawn_n, True, backend_options=opts)
+    started_s, _ = anyio.run(ours_spawn, spawn_n, False, StartedEcho, backend_options=opts)
 
     print(
         f"bulk tell     ours {ours_bulk_rate:>12,.0f} msg/s   pykka {pykka_bulk_rate:>12,.0f} msg/s"
@@ -256,7 +266,10 @@ def main() -> None:
         f"ask p50/p99   ours {pct(ours_lat, 0.5):8.1f}/{pct(ours_lat, 0.99):.1f} us"
         f"   pykka {pct(pykka_lat, 0.5):8.1f}/{pct(pykka_lat, 0.99):.1f} us"
     )
-    print(f"spawn {spawn_n}  {spawn_s:.3f} s, {kb_per_actor:.2f} KiB per actor")
+    print(
+        f"spawn {spawn_n}  {spawn_s:.3f} s, {kb_per_actor:.2f} KiB per actor"
+        f"   with started(): {started_s:.3f} s"
+    )
     print(
         "runtime:"
         f" hops_per_s={ours_hops:.0f}"
@@ -269,6 +282,7 @@ def main() -> None:
         f" ask_p50_vs_pykka={pct(ours_lat, 0.5) / pct(pykka_lat, 0.5):.2f}"
         f" spawn_10k_s={spawn_s:.3f}"
         f" kb_per_actor={kb_per_actor:.2f}"
+        f" spawn_10k_started_s={started_s:.3f}"
     )
 
 

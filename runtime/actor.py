@@ -28,6 +28,10 @@ class Actor:
 
     Actors that own a connection override :meth:`run` to listen to it alongside the
     mailbox (``await self.ctx.process(self)``); when the connection breaks they raise.
+
+    An actor that overrides neither :meth:`started` nor :meth:`run` is built when it is
+    started but gets its task only when its first message (or a stop) arrives: idle
+    actors by the ten thousand then cost little (see ``Cell.park``).
     """
 
     mailbox: ClassVar[MailboxSpec] = MailboxSpec()
@@ -60,6 +64,18 @@ class Actor:
             with anyio.CancelScope(shield=True) as scope:
                 scope.deadline = anyio.current_time() + STOPPED_TIMEOUT_S
                 await self.stopped()
+
+
+def parkable(cls: type[Actor]) -> bool:
+    """Whether starting an incarnation of ``cls`` does nothing observable (``started``
+    and ``run`` are the defaults), so it may wait for its first message without a task
+    (``Cell.park``)."""
+    return (
+        cls.started is Actor.started
+        and cls.run is Actor.run
+        and cls._lifecycle is Actor._lifecycle
+        and cls._bind is Actor._bind
+    )
 
 
 class Context:

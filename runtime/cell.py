@@ -6,7 +6,6 @@ mailbox, the ref, the counters and the watchers.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,13 +16,13 @@ import anyio.lowlevel
 from messages.status import ActorStatus
 from messages.system import ExitReason, Terminated
 from runtime._backend import Signal, new_signal
+from runtime.actor import Actor, Context
 from runtime.errors import ActorFailed, ActorStopped, AskTimeout, MailboxFull
 from runtime.mailbox import STOP, Mailbox, MailboxSpec
 from runtime.ref import Ref
 from runtime.reply import Reply
 
 if TYPE_CHECKING:
-    from runtime.actor import Actor
     from runtime.system import ActorSystem
 
 FAIRNESS_BATCH = 128
@@ -52,8 +51,58 @@ def unwrap(error: Exception) -> Exception:
     return error
 
 
+_KILLED = Exit(ExitReason.KILLED)
+_NORMAL = Exit(ExitReason.NORMAL)
+_SHUTDOWN = Exit(ExitReason.SHUTDOWN)
+
+
+class _Unpark:
+    """The mailbox's waiter while an incarnation is parked: the first wake-up starts it."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: Callable[[], None]) -> None:
+        self.start: Callable[[], None] | None = start
+
+    def set(self) -> None:
+        start = self.start
+        if start is not None:
+            self.start = None
+            start()
+
+
 class Cell:
     """An actor's identity, mailbox and counters, across incarnations."""
+
+    __slots__ = (
+        "_exited",
+        "_kill",
+        "_parked",
+        "_ready",
+        "_running",
+        "_scope",
+        "actor",
+        "children_status",
+        "dead_letters",
+        "incarnation",
+        "kind",
+        "last_error",
+        "mailbox",
+        "name",
+        "path",
+        "processed",
+        "ref",
+        "restart_limit",
+        "restart_period",
+        "restart_times",
+        "restarts_total",
+        "shutdown_requested",
+        "started_at",
+        "state",
+        "system",
+        "terminal",
+        "watchers",
+    )
 
     def __init__(
         self, system: ActorSystem, path: str, name: str, kind: str, mailbox: MailboxSpec
@@ -69,7 +118,7 @@ class Cell:
         self.processed = 0
         self.dead_letters = 0
         self.restarts_total = 0
-        self.restart_times: deque[float] = deque()
+        self.restart_times: list[float] = []
         self.restart_period = 0.0
         self.restart_limit = 0
         self.last_error: str | None = None
@@ -83,6 +132,8 @@ class Cell:
         self._ready: Signal | None = None
         self._exited: anyio.Event | None = None
         self._running = False
+        self._kill = False
+        self._parked: _Unpark | None = None
 
     def _on_drop(self, message: object, reply: Reply | None, reason: str) -> None:
         self.dead_letters += 1
@@ -126,32 +177,56 @@ class Cell:
         self.incarnation += 1
         self.mailbox.reopen()
         self.shutdown_requested = False
-        self._ready = new_signal()
+        self.actor = None
+        self.started_at = None
+        self._ready = None
         self._exited = None
+        self._kill = False
+        self._parked = None
         self._running = True
         self.state = "starting"
         return self.incarnation
 
+    def park(self, actor: Actor, start: Callable[[], None]) -> None:
+        """Make the prepared incarnation ready without running it yet.
+
+        For an actor whose ``started`` and ``run`` are the defaults, starting does
+        nothing anyone can observe, so it needs no task until there is something to do:
+        ``start`` (which must end up calling :meth:`run`) is called once, when the first
+        message, notice, stop request or kill arrives. 10,000 idle users then cost no
+        task, no coroutines and no cancel scope each.
+        """
+        actor._bind(Context(self))
+        self.actor = actor
+        self.mark_ready()
+        mailbox = self.mailbox
+        if mailbox._items or mailbox._system or mailbox._stopping:
+            start()
+            return
+        self._parked = mailbox._waiter = _Unpark(start)
+
     async def run(self, factory: Callable[[], Actor]) -> Exit:
-        """Run the prepared incarnation to its end and say how it ended.
+        """Run the prepared incarnation (or the parked actor) to its end; say how it ended.
 
         Never raises an Exception; cancellation from outside still propagates.
         """
-        from runtime.actor import Context
-
-        exit = Exit(ExitReason.KILLED)
+        exit = _KILLED
+        self._parked = None
         with anyio.CancelScope() as scope:
             self._scope = scope
+            if self._kill:
+                scope.cancel()
             try:
-                actor = factory()
-                actor._bind(Context(self))
-                self.actor = actor
+                actor = self.actor
+                if actor is None:
+                    actor = factory()
+                    actor._bind(Context(self))
+                    self.actor = actor
                 await actor._lifecycle()
             except Exception as exc:
                 exit = Exit(ExitReason.CRASHED, unwrap(exc))
             else:
-                reason = ExitReason.SHUTDOWN if self.shutdown_requested else ExitReason.NORMAL
-                exit = Exit(reason)
+                exit = _SHUTDOWN if self.shutdown_requested else _NORMAL
         self._scope = None
         self.actor = None
         self.started_at = None
@@ -168,19 +243,26 @@ class Cell:
         return exit
 
     def mark_ready(self) -> None:
-        if self._ready is not None and not self._ready.is_set():
+        if self.started_at is None and self._running:
             self.state = "running"
             self.started_at = self.system.clock.monotonic()
-            self._ready.set()
+            if self._ready is not None:
+                self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the current incarnation has finished starting and still runs."""
+        return self._running and self.started_at is not None
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until this incarnation finished starting; False if it ended or timed out.
 
         Only the supervisor that prepared the incarnation waits on this.
         """
-        if self._ready is None:
-            return False
-        await self._ready.wait_for(timeout)
+        if self._running and self.started_at is None:
+            if self._ready is None:
+                self._ready = new_signal()
+            await self._ready.wait_for(timeout)
         return self._running and self.started_at is not None
 
     async def wait_exited(self) -> None:
@@ -201,9 +283,13 @@ class Cell:
         self.mailbox.request_stop()
 
     def kill(self) -> None:
-        """Cancel the incarnation wherever it is."""
+        """Cancel the incarnation wherever it is (or as soon as its task runs)."""
         if self._scope is not None:
             self._scope.cancel()
+        elif self._running:
+            self._kill = True
+            if self._parked is not None:
+                self._parked.set()
 
     async def process(self, actor: Actor) -> None:
         """The message loop: deliver until STOP. An exception here crashes the actor.
@@ -222,7 +308,7 @@ class Cell:
                 if item[2] is not None:
                     mailbox._forget_key(item)
                 if mailbox._space_waiters:
-                    mailbox._space_waiters.popleft().set()
+                    mailbox._space_waiters.pop(0).set()
                 batch += 1
                 if batch >= FAIRNESS_BATCH:
                     batch = 0

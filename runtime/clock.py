@@ -7,6 +7,7 @@ trio's ``MockClock`` works unchanged), tests can use :class:`ManualClock` on any
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import time
@@ -35,7 +36,9 @@ class SystemClock:
     """The event loop's clock and the system's wall time."""
 
     def monotonic(self) -> float:
-        return anyio.current_time()
+        """``anyio.current_time()``; on asyncio the loop is asked directly (cheaper)."""
+        loop = asyncio._get_running_loop()
+        return loop.time() if loop is not None else anyio.current_time()
 
     def wall(self) -> float:
         return time.time()

@@ -20,20 +20,38 @@ class Registry:
 
     def __init__(self) -> None:
         self._by_path: dict[str, Cell] = {}
-        self._by_name: dict[str, list[Cell]] = {}
+        # One cell per name, a list only once a name is shared: most names are unique
+        # (``user:42``) and a list each would cost 10,000 allocations per 10,000 users.
+        self._by_name: dict[str, Cell | list[Cell]] = {}
 
     def register(self, cell: Cell) -> None:
         self._by_path[cell.path] = cell
-        self._by_name.setdefault(cell.name, []).append(cell)
+        by_name = self._by_name
+        name = cell.name
+        other = by_name.setdefault(name, cell)
+        if other is cell:
+            return
+        if isinstance(other, list):
+            other.append(cell)
+        else:
+            by_name[name] = [other, cell]
 
     def unregister(self, cell: Cell) -> None:
         if self._by_path.get(cell.path) is cell:
             del self._by_path[cell.path]
-        cells = self._by_name.get(cell.name)
-        if cells is not None and cell in cells:
-            cells.remove(cell)
-            if not cells:
-                del self._by_name[cell.name]
+        entry = self._by_name.get(cell.name)
+        if entry is cell:
+            del self._by_name[cell.name]
+        elif isinstance(entry, list) and cell in entry:
+            entry.remove(cell)
+            if len(entry) == 1:
+                self._by_name[cell.name] = entry[0]
+
+    def _named(self, name: str) -> list[Cell]:
+        entry = self._by_name.get(name)
+        if entry is None:
+            return []
+        return entry if isinstance(entry, list) else [entry]
 
     def cell(self, path: str) -> Cell | None:
         return self._by_path.get(path)
@@ -42,16 +60,16 @@ class Registry:
         """The ref at this path, or the only actor with this name; None otherwise."""
         cell = self._by_path.get(name)
         if cell is None:
-            cells = self._by_name.get(name)
-            if cells is None or len(cells) != 1:
+            entry = self._by_name.get(name)
+            if entry is None or isinstance(entry, list):
                 return None
-            cell = cells[0]
+            cell = entry
         return cell.ref
 
     def lookup(self, name: str) -> Ref:
         ref = self.get(name)
         if ref is None:
-            cells = self._by_name.get(name, [])
+            cells = self._named(name)
             if len(cells) > 1:
                 raise NameNotFound(f"{name!r} is ambiguous: {[c.path for c in cells]}")
             raise NameNotFound(f"no actor registered as {name!r}")

@@ -6,9 +6,12 @@ and a supervisor that gives up simply crashes: its own parent then applies its p
 
 from __future__ import annotations
 
+import contextvars
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -26,7 +29,7 @@ from messages.system import (
     WhichChildren,
 )
 from runtime._backend import Spawner
-from runtime.actor import Actor
+from runtime.actor import Actor, parkable
 from runtime.cell import Cell, Exit
 from runtime.mailbox import MailboxSpec
 from supervisors.spec import Backoff, ChildSpec, Restart, Strategy, SupervisorSpec
@@ -70,6 +73,11 @@ class _ChildExited:
 @dataclass(frozen=True, slots=True)
 class _RestartDue:
     due: tuple[tuple[_Child, int], ...]
+
+
+def _raise(error: Exception) -> Actor:
+    """A factory failing as the real one did, so the child's task crashes on start."""
+    raise error
 
 
 def _should_restart(restart: Restart, exit: Exit) -> bool:
@@ -128,28 +136,53 @@ class Supervisor(Actor):
                 await self._start(child)
 
     def _launch(self, child: _Child) -> int:
-        assert self._spawner is not None
+        """Begin the child's next incarnation: a task, or parked until its first message
+        when starting it does nothing observable (``Cell.park``)."""
+        spawner = self._spawner
+        assert spawner is not None
         child.stopping = False
-        incarnation = child.cell.prepare()
+        cell = child.cell
+        incarnation = cell.prepare()
         child.state = "running"
-        self._spawner.spawn(self._run_child, child, incarnation)
+        spec = child.spec
+        factory: Callable[[], Actor] = spec.build
+        if parkable(spec.actor):
+            try:
+                actor = factory()
+            except Exception as exc:
+                factory = partial(_raise, exc)
+            else:
+                context = contextvars.copy_context()
+                cell.park(actor, partial(self._unpark, child, incarnation, context))
+                return incarnation
+        spawner.spawn(self._run_child, child, incarnation, factory)
         return incarnation
+
+    def _unpark(self, child: _Child, incarnation: int, context: contextvars.Context) -> None:
+        """Start a parked child's task, in the context it would have had if started at
+        launch (not the context of whoever sent the first message)."""
+        spawner = self._spawner
+        if spawner is not None and not spawner.closed:
+            context.run(spawner.spawn, self._run_child, child, incarnation, child.spec.build)
 
     async def _start(self, child: _Child) -> bool:
         return await self._await_start(child, self._launch(child))
 
-    async def _await_start(self, child: _Child, incarnation: int) -> bool:
-        started = await child.cell.wait_ready(child.spec.start_timeout)
-        if not started and child.cell.running:
-            child.cell.kill()
-            await child.cell.wait_exited()
+    async def _await_start(self, child: _Child, incarnation: int, logger: Any = log) -> bool:
+        cell = child.cell
+        started = cell.ready or await cell.wait_ready(child.spec.start_timeout)
+        if not started and cell.running:
+            cell.kill()
+            await cell.wait_exited()
         if started:
             child.ran_since = self.ctx.clock.monotonic()
-            log.info("actor.start", path=child.cell.path, incarnation=incarnation)
+            logger.info("actor.start", path=cell.path, incarnation=incarnation)
         return started
 
-    async def _run_child(self, child: _Child, incarnation: int) -> None:
-        exit = await child.cell.run(child.spec.build)
+    async def _run_child(
+        self, child: _Child, incarnation: int, factory: Callable[[], Actor]
+    ) -> None:
+        exit = await child.cell.run(factory)
         self.ctx._cell.mailbox.put_system(_ChildExited(child, incarnation, exit))
 
     async def _stop_child(self, child: _Child) -> None:
@@ -317,9 +350,10 @@ class Supervisor(Actor):
             if due.get(id(child)) != child.token or child.state != "restarting":
                 continue
             child.cell.restarts_total += 1
-            child.cell.restart_times.append(self.ctx.clock.monotonic())
-            while len(child.cell.restart_times) > 100:
-                child.cell.restart_times.popleft()
+            times = child.cell.restart_times
+            times.append(self.ctx.clock.monotonic())
+            if len(times) > 100:
+                del times[:-100]
             log.info("actor.restart", path=child.cell.path, attempt=child.attempt)
             started = await self._start(child)
             if not started and self.spec.strategy is not Strategy.ONE_FOR_ONE:
