@@ -36,7 +36,7 @@ import anyio
 import structlog
 
 from actors.store.handle import StoreHandle
-from actors.store.outbox import DEFAULT_STREAM, NotificationRow, encode_notification
+from actors.store.outbox import DEFAULT_STREAM, NotificationRows
 from actors.user_store import STORE_ERRORS
 from messages.delivery import Lane, Outbound, Outbounds
 from messages.settings import FilterSettingsSection
@@ -55,70 +55,93 @@ local now = tonumber(ARGV[1])
 local ttl = ARGV[2]
 local s = ARGV[3]
 local find, sub = string.find, string.sub
-local out = {}
+local out, rows = {}, {}
+local field, value, before, between, after
 local pos = 1
 while pos <= #s do
-  local t1 = find(s, '\t', pos, true)
-  local t2 = find(s, '\t', t1 + 1, true)
-  local t3 = find(s, '\t', t2 + 1, true)
-  local nl = find(s, '\n', t3 + 1, true)
-  local uid, field = sub(s, pos, t1 - 1), sub(s, t1 + 1, t2 - 1)
-  local value, row = sub(s, t2 + 1, t3 - 1), sub(s, t3 + 1, nl - 1)
-  pos = nl + 1
-  local key = 'cw:user:' .. uid .. ':accepted'
-  local won = redis.call('HSETNX', key, field, value)
-  if won == 0 then
-    local old = redis.call('HGET', key, field)
-    local expires = tonumber(string.match(old or '', '^(%S+)'))
-    if expires == nil or expires <= now then
-      redis.call('HSET', key, field, value)
-      won = 1
-    end
-  end
-  if won == 1 then
-    redis.call('EXPIRE', key, ttl)
-    if row ~= '' then redis.call('XADD', KEYS[1], '*', 'h', row) end
-    local size = redis.call('HLEN', key)
-    if size > 512 and size % 256 == 1 then
-      local all = redis.call('HGETALL', key)
-      for j = 1, #all, 2 do
-        local e = tonumber(string.match(all[j + 1], '^(%S+)'))
-        if e == nil or e <= now then redis.call('HDEL', key, all[j]) end
+  local nl = find(s, '\n', pos, true)
+  if sub(s, pos, pos) == 'E' then
+    local a = find(s, '\31', pos, true)
+    local b = find(s, '\31', a + 1, true)
+    local c = find(s, '\31', b + 1, true)
+    local d = find(s, '\31', c + 1, true)
+    local e = find(s, '\31', d + 1, true)
+    field, value = sub(s, a + 1, b - 1), sub(s, b + 1, c - 1)
+    before, between, after = sub(s, c + 1, d - 1), sub(s, d + 1, e - 1), sub(s, e + 1, nl - 1)
+  else
+    local uid = sub(s, pos, nl - 1)
+    local key = 'cw:user:' .. uid .. ':accepted'
+    local won = redis.call('HSETNX', key, field, value)
+    if won == 0 then
+      local old = redis.call('HGET', key, field)
+      local expires = tonumber(string.match(old or '', '^(%S+)'))
+      if expires == nil or expires <= now then
+        redis.call('HSET', key, field, value)
+        won = 1
       end
     end
+    if won == 1 then
+      redis.call('EXPIRE', key, ttl)
+      rows[#rows + 1] = 'h'
+      rows[#rows + 1] = before .. uid .. between .. uid .. after
+      local size = redis.call('HLEN', key)
+      if size > 512 and size % 256 == 1 then
+        local all = redis.call('HGETALL', key)
+        for j = 1, #all, 2 do
+          local x = tonumber(string.match(all[j + 1], '^(%S+)'))
+          if x == nil or x <= now then redis.call('HDEL', key, all[j]) end
+        end
+      end
+    end
+    out[#out + 1] = won
   end
-  out[#out + 1] = won
+  pos = nl + 1
 end
+if #rows > 0 then redis.call('XADD', KEYS[1], '*', unpack(rows)) end
 return table.concat(out)
 """
-"""KEYS[1]: the history outbox stream. ARGV: now, ttl seconds, and one line per claim:
-"<user>\\t<token>\\t<value>\\t<history row>\\n" (token keys and symbols never hold tabs or
-newlines: the wire schema refuses control characters; the row is an outbox payload, whose
-JSON escapes them). Returns one character per claim: "1" won (recorded: send), "0"
-already notified. Expired fields of a big hash are swept every 256 new ones (not at every
-claim: a lenient user may hold thousands of tokens in 14 days).
+"""KEYS[1]: the history outbox stream. ARGV: now, ttl seconds, and the claims, one line
+each: a line "E<US>token<US>value<US>before<US>between<US>after" (US = \\x1f) starts the
+claims of one event, then one line per user id. The value stored is "expires fdv at
+symbol"; a won claim's history row is before .. id .. between .. id .. after (see
+`NotificationRows`), and the batch's rows go to the outbox as one entry. No part holds a
+newline or a \\x1f: the wire schema refuses control characters in token keys and
+symbols, and JSON escapes them. Returns one character per user line: "1" won (recorded:
+send), "0" already notified. Expired fields of a big hash are swept every 256 new ones
+(not at every claim: a lenient user may hold thousands of tokens in 14 days).
 
 The users' keys (`accepted_key`) are built in the script, not passed as KEYS: a burst of
 claims is one short command instead of three arguments per claim. Fine on one Redis
 server, which is what callwatch runs; a Redis Cluster would need KEYS grouped by slot."""
 
+_UNSAFE: Final = ("\x1f", "\n", "\t")
+MAX_BATCH: Final = 2_000
+"""Claims per script call at most: the history rows go to one XADD as Lua `unpack`
+arguments, which Lua's stack bounds (8,000)."""
+
 
 class _Event:
     """What every claim of one passed event shares, worked out once."""
 
-    __slots__ = ("chain", "fdv", "passed", "symbol", "text", "token")
+    __slots__ = ("at", "chain", "fdv", "head", "symbol", "text", "token")
 
-    def __init__(self, passed: Passed) -> None:
+    def __init__(self, passed: Passed, at: float, accepted_ttl: float) -> None:
         event = passed.event
-        self.passed = passed
+        self.at = at
         self.token = event.token_key
         self.fdv = float(event.fdv)
         self.chain = event.chain_id
         symbol = event.symbol
-        if "\t" in symbol or "\n" in symbol:  # never from the feed; keep the lines intact
-            symbol = " ".join(symbol.split())
+        if any(c in symbol for c in _UNSAFE):  # never from the feed; keep the lines intact
+            symbol = " ".join(symbol.replace("\x1f", " ").split())
         self.symbol = symbol
         self.text = passed.text
+        rows = NotificationRows(self.token, self.fdv, datetime.fromtimestamp(at, UTC))
+        value = f"{math.ceil(at + accepted_ttl)} {self.fdv!r} {int(at)} {symbol}"
+        self.head = b"\x1f".join(
+            (b"E", self.token.encode(), value.encode(), rows.before, rows.between, rows.after)
+        )
+        """The script line that starts this event's claims."""
 
 
 class NotifyGate(Actor):
@@ -144,14 +167,16 @@ class NotifyGate(Actor):
         self.store = store
         self.accepted_ttl = (config or FilterSettingsSection()).accepted_ttl_days * DAY
         self.history_stream = history_stream
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise ValueError(f"max_batch must be 1 to {MAX_BATCH}")
         self.max_batch = max_batch
         self.max_pending = max_pending
         self.max_wait = max_wait
         self.retry_s = retry_s
         self.drain_s = drain_s
         self._names = (sender, multipliers)
-        self._pending: deque[tuple[int, _Event, float]] = deque()
-        """(user id, event, decided at): claims not yet on the wire."""
+        self._pending: deque[tuple[int, _Event]] = deque()
+        """(user id, event): claims not yet on the wire."""
         self.max_in_flight = max_in_flight
         self._in_flight = 0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -215,15 +240,14 @@ class NotifyGate(Actor):
         return None
 
     def _take(self, message: Passes) -> None:
-        now = message.now
         pending = self._pending
         for passed in message.passed:
             token = passed.event.token_key
-            if "\t" in token or "\n" in token:
+            if any(c in token for c in _UNSAFE):
                 log.error("notify_gate_bad_token", token=token[:80])
                 continue
-            event = _Event(passed)
-            pending.extend((user_id, event, now) for user_id in passed.user_ids)
+            event = _Event(passed, message.now, self.accepted_ttl)
+            pending.extend((user_id, event) for user_id in passed.user_ids)
 
     async def _flush_loop(self) -> None:
         try:
@@ -244,31 +268,17 @@ class NotifyGate(Actor):
             self._room.set()
         if not batch:
             return True
-        lines = []
+        lines: list[bytes] = []
         ttl = math.ceil(self.accepted_ttl) + 1
         now = 0.0
-        stamps: dict[float, datetime] = {}
-        for user_id, event, at in batch:
-            expires = at + self.accepted_ttl
-            sent_at = stamps.get(at)
-            if sent_at is None:
-                sent_at = stamps[at] = datetime.fromtimestamp(at, UTC)
-            row = encode_notification(
-                NotificationRow(
-                    chat_id=user_id,
-                    dedup_key=f"call:{event.token}:{user_id}",
-                    fdv=event.fdv,
-                    kind="call",
-                    sent_at=sent_at,
-                    threshold=0,
-                    token_key=event.token,
-                )
-            ).decode()
-            lines.append(
-                f"{user_id}\t{event.token}\t{math.ceil(expires)} {event.fdv!r} {int(at)} "
-                f"{event.symbol}\t{row}\n"
-            )
-            now = max(now, at)
+        current: _Event | None = None
+        for user_id, event in batch:
+            if event is not current:
+                current = event
+                lines.append(event.head)
+                now = max(now, event.at)
+            lines.append(str(user_id).encode())
+        lines.append(b"")
         try:
             client = self.store.redis()
             script = self._scripts.get(id(client))
@@ -276,7 +286,7 @@ class NotifyGate(Actor):
                 self._scripts = {id(client): client.register_script(CLAIM_SCRIPT)}
                 script = self._scripts[id(client)]
             results = await script(
-                keys=[self.history_stream], args=[repr(now), ttl, "".join(lines)]
+                keys=[self.history_stream], args=[repr(now), ttl, b"\n".join(lines)]
             )
         except STORE_ERRORS as exc:
             self._pending.extendleft(reversed(batch))
@@ -290,7 +300,7 @@ class NotifyGate(Actor):
             raise RuntimeError(f"claim script answered {len(results)} results for {len(batch)}")
         outbound: list[Outbound] = []
         tracks: list[Track] = []
-        for (user_id, event, _), won in zip(batch, results, strict=True):
+        for (user_id, event), won in zip(batch, results, strict=True):
             if won != 49:  # b"1"[0]
                 self.lost += 1
                 continue
@@ -329,7 +339,7 @@ class NotifyGate(Actor):
         if not self._pending:
             return
         oldest_ok = self.ctx.clock.wall() - self.max_wait
-        kept = deque(claim for claim in self._pending if claim[2] >= oldest_ok)
+        kept = deque(claim for claim in self._pending if claim[1].at >= oldest_ok)
         dropped = len(self._pending) - len(kept)
         if dropped:
             self.dropped += dropped

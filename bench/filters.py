@@ -1,10 +1,12 @@
 """Filters benchmark: 10,000 users, token events through the users flow to the sender.
 
 The real actors on real servers (an embedded Redis and PostgreSQL in a temporary folder):
-the filter router, the shards (``filters.shards`` from the settings, default 4; see
-``--shards``), one user actor per user (started in bulk by the directory from
-PostgreSQL; they keep their shard's rows, they are not on the path of an event), the
-notify gate with its Redis claims and history rows; recording stand-ins only for
+the filter router, the shards (``filters.shards`` from the settings; see ``--shards``),
+one user actor per user (started in bulk by the directory from PostgreSQL; they keep
+their shard's rows, they are not on the path of an event), the notify gate with its
+Redis claims and history rows, and the outbox writer draining those rows into
+PostgreSQL all along (it lags during the sustained run and catches up before the paced
+runs, which it then shares the machine with); recording stand-ins only for
 ``sender`` and ``multipliers`` (the end of the measured path: a notification request
 handed to the sender) and for ``channel-stats`` (statistics are pushed once).
 
@@ -55,6 +57,7 @@ from actors.filter_shard import shard_name  # noqa: E402
 from actors.notify_gate import GATE_IDLE  # noqa: E402
 from actors.store.handle import StoreHandle  # noqa: E402
 from actors.store.migrate import migrate  # noqa: E402
+from actors.store.outbox import OutboxCounters, OutboxWriter  # noqa: E402
 from actors.store.postgres_owner import PostgresOwner  # noqa: E402
 from actors.store.redis_owner import RedisOwner  # noqa: E402
 from actors.user_directory import users_branch  # noqa: E402
@@ -74,20 +77,41 @@ CHAIN_P = (0.5, 0.15, 0.15, 0.12, 0.05, 0.03)
 TARGET_PASS = 1e-3
 
 
+class ArrivalLog:
+    """When each notification request arrived, and its dedup key.
+
+    Two flat lists of untracked objects (floats, strings) rather than a list of tuples:
+    hundreds of thousands of tuples would be garbage-collector work that the measured
+    process (whose sender keeps its queue in Redis) does not have.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.keys: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def clear(self) -> None:
+        self.times.clear()
+        self.keys.clear()
+
+
 class Arrivals(Actor):
-    """The sender's stand-in: when each notification request arrived."""
+    """The sender's stand-in: records each notification request's arrival."""
 
     mailbox = MailboxSpec(capacity=1_000_000)
 
-    def __init__(self, log: list[tuple[float, str]]) -> None:
+    def __init__(self, log: ArrivalLog) -> None:
         self.log = log
 
     async def receive(self, message: Any) -> Any:
-        if isinstance(message, Outbounds):
-            at = time.perf_counter()
-            self.log.extend((at, o.dedup_key or "") for o in message.items)
-        elif isinstance(message, Outbound):
-            self.log.append((time.perf_counter(), message.dedup_key or ""))
+        items = message.items if isinstance(message, Outbounds) else (message,)
+        at = time.perf_counter()
+        for o in items:
+            if isinstance(o, Outbound):
+                self.log.times.append(at)
+                self.log.keys.append(o.dedup_key or "")
         return None
 
 
@@ -305,7 +329,7 @@ async def seed_database(url: str, users: list[FilterSettings]) -> None:
         await conn.close()
 
 
-async def quiet(tree: Tree, arrivals: list[Any], shards: int) -> float:
+async def quiet(tree: Tree, arrivals: ArrivalLog, shards: int) -> float:
     """Wait until the flow is idle; returns when its last piece of work finished."""
     await tree.lookup("filters").ask(ROUTER_COUNTS, timeout=600)
     for index in range(shards):
@@ -319,7 +343,7 @@ async def quiet(tree: Tree, arrivals: list[Any], shards: int) -> float:
         if len(arrivals) == seen:
             break
         seen = len(arrivals)
-    return max(done, arrivals[-1][0] if arrivals else done)
+    return max(done, arrivals.times[-1] if arrivals.times else done)
 
 
 async def run(args: argparse.Namespace, redis_url: str, database_url: str) -> None:
@@ -335,7 +359,8 @@ async def run(args: argparse.Namespace, redis_url: str, database_url: str) -> No
     await seed_database(database_url, users)
     config = FilterSettingsSection(shards=args.shards) if args.shards else FilterSettingsSection()
     store = StoreHandle(redis_url, database_url)
-    arrivals: list[tuple[float, str]] = []
+    arrivals = ArrivalLog()
+    written = OutboxCounters()
     # A generous timeout: on a busy shared machine the store owners' liveness probes must
     # not time out (and restart the tree) in the middle of a measurement.
     quiet_store = StoreSettings(pool_max=10, call_timeout=30.0 if args.profile else 10.0)
@@ -344,6 +369,15 @@ async def run(args: argparse.Namespace, redis_url: str, database_url: str) -> No
         [
             worker("redis", RedisOwner, store=store, settings=quiet_store),
             worker("postgres", PostgresOwner, store=store, settings=quiet_store),
+            *(
+                []
+                if args.no_writer
+                else [
+                    worker(
+                        "outbox", OutboxWriter, store=store, settings=quiet_store, counters=written
+                    )
+                ]
+            ),
             worker("sender", Arrivals, log=arrivals),
             worker("multipliers", Count),
             worker("channel-stats", Count),
@@ -397,6 +431,18 @@ async def run(args: argparse.Namespace, redis_url: str, database_url: str) -> No
             f"({len(sustained) / cpu:,.0f} events per CPU second)"
         )
 
+        # The history of the sustained run: written while the flow ran, finished here, so
+        # that the paced runs meet a drained outbox, as in production.
+        t = time.perf_counter()
+        while not args.no_writer:
+            if not await store.redis().xlen(quiet_store.outbox_stream):
+                break
+            await anyio.sleep(0.1)
+        print(
+            f"history: {written.inserted:,} notification rows in PostgreSQL, the outbox "
+            f"writer done {time.perf_counter() - t:.1f} s after the last request"
+        )
+
         # 2. paced: at the target rate, and at half the sustained rate when that is lower
         rates = [args.rate]
         if events_per_s < args.rate:
@@ -426,7 +472,7 @@ async def paced_run(
     router: Any,
     events: list[TokenEvent],
     rate: float,
-    arrivals: list[tuple[float, str]],
+    arrivals: ArrivalLog,
     shards: int,
 ) -> float:
     """Feed ``events`` at ``rate``; print latency to the sender; return the p99 in ms."""
@@ -443,7 +489,7 @@ async def paced_run(
     behind = time.perf_counter() - (t0 + len(events) / rate)
     await quiet(tree, arrivals, shards)
     latencies = []
-    for at, key in arrivals:
+    for at, key in zip(arrivals.times, arrivals.keys, strict=True):
         # a repeat with a new channel may notify more users: measure from the latest event
         # of the token handed over before the notification arrived
         times = sent[key.split(":", 2)[2]]
@@ -466,6 +512,9 @@ def main() -> None:
     parser.add_argument("--paced-s", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--shards", type=int, default=0, help="0: the settings' default")
+    parser.add_argument(
+        "--no-writer", action="store_true", help="leave the history in Redis (the path alone)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the sustained run")
     parser.add_argument("--profile-sort", default="tottime")
     parser.add_argument("--plain-asyncio", action="store_true", help="stock loop, not uvloop")

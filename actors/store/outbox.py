@@ -21,7 +21,9 @@ Design choices, measured (see ``bench/store.py``):
   pure-Python reply parser manages about 10,000 stream entries a second, the script ten times
   that. Batches are read in chunks of :data:`READ_CHUNK`, so Redis never stalls other clients
   for long.
-* Each entry is one field, ``h`` = ``table TAB columns TAB json``. The writer never decodes the
+* Each row is one ``h`` field = ``table TAB columns TAB json``; an entry holds one row, or
+  several (``h`` repeated: the notify gate appends a batch of claims' rows as one entry,
+  a fraction of the Redis work of an entry each). The writer never decodes the
   JSON: it joins a batch's rows into one JSON array and lets PostgreSQL expand it with
   ``json_populate_recordset`` in a single ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
   That beat ``COPY`` into a temporary table (whose rows must first be decoded and converted
@@ -63,7 +65,7 @@ __all__ = [
     "HISTORY_TABLES",
     "READ_CHUNK",
     "HistoryRejected",
-    "NotificationRow",
+    "NotificationRows",
     "OutboxCounters",
     "OutboxStats",
     "OutboxStatus",
@@ -72,13 +74,13 @@ __all__ = [
     "append_history_many",
     "dead_letter_stream",
     "encode_history",
-    "encode_notification",
     "outbox_status",
 ]
 
 DEFAULT_STREAM: Final = StoreSettings().outbox_stream
 READ_CHUNK: Final = 1_000
-"""Entries per read script call (bounds how long one call holds Redis)."""
+"""Entries, and rows past the first entry, per read script call (bounds how long one call
+holds Redis)."""
 DEAD_LETTER_MAXLEN: Final = 100_000
 INSERTERS: Final = 2
 """Batches written to PostgreSQL at once, each on its own connection (index upkeep is
@@ -265,33 +267,34 @@ def encode_history(table: str, row: Mapping[str, Any]) -> bytes:
     return f"{table}\t{','.join(present)}\t".encode() + body
 
 
-class NotificationRow(msgspec.Struct, frozen=True, kw_only=True):
-    """A ``notifications`` row made in-process from parts already typed and validated (the
-    notify gate's claims: ids from the directory, token keys from the wire decoder).
+class NotificationRows:
+    """``notifications`` rows ("call" alerts) of one token event for any number of users,
+    made from parts already typed and validated (ids from the directory, token keys from
+    the wire decoder).
 
-    `encode_notification` skips `encode_history`'s value-by-value checks, which cost more
-    than everything else about a notification at thousands a second; a test holds the two
-    encodings equal. Anything PostgreSQL still refuses goes to the dead-letter stream.
-    Fields in column (alphabetical) order.
+    A row for chat ``c`` is ``before + c + between + c + after``: the notify gate hands the
+    three parts to its claim script once per event, and the script assembles the row of each
+    user it records, so a notification costs neither a per-row encoding here nor its bytes
+    on the wire. A test holds `row` equal to `encode_history`'s checked encoding. Anything
+    PostgreSQL still refuses goes to the dead-letter stream.
     """
 
-    chat_id: int
-    dedup_key: str
-    fdv: float
-    kind: str
-    sent_at: datetime
-    threshold: int
-    token_key: str
+    __slots__ = ("after", "before", "between")
 
+    _HEAD: Final = b"notifications\tchat_id,dedup_key,fdv,kind,sent_at,threshold,token_key\t"
 
-_NOTIFICATION_HEAD: Final = (
-    "notifications\t" + ",".join(NotificationRow.__struct_fields__) + "\t"
-).encode()
+    def __init__(self, token_key: str, fdv: float, sent_at: datetime) -> None:
+        rest = _encoder.encode(
+            {"fdv": fdv, "kind": "call", "sent_at": sent_at, "threshold": 0, "token_key": token_key}
+        )
+        self.before: bytes = self._HEAD + b'{"chat_id":'
+        self.between: bytes = b',"dedup_key":' + _encoder.encode(f"call:{token_key}:")[:-1]
+        self.after: bytes = b'",' + rest[1:]
 
-
-def encode_notification(row: NotificationRow) -> bytes:
-    """The stream entry's payload for ``row``, as `encode_history` would make it."""
-    return _NOTIFICATION_HEAD + _encoder.encode(row)
+    def row(self, chat_id: int) -> bytes:
+        """The outbox payload of this event's row for ``chat_id``."""
+        uid = str(int(chat_id)).encode()
+        return self.before + uid + self.between + uid + self.after
 
 
 def dead_letter_stream(stream: str) -> str:
@@ -361,20 +364,39 @@ async def append_history_many(
 
 # --------------------------------------------------------------------------- the writer
 
-# Returns {last id, count, rows joined by "\n"}; a row that is not ours becomes "!" .. id.
-# A row never holds a raw newline: table and columns are identifiers, JSON escapes them.
+# Returns {last id, entries, rows joined by "\n", more}; an entry that is not ours becomes
+# "!" .. id. A row never holds a raw newline: table and columns are identifiers, JSON escapes
+# them. At most ARGV[2] entries and, past the first entry, ARGV[2] rows (an entry may hold
+# many, so entries are fetched a few at a time); ``more`` is 0 once the stream is exhausted.
 _READ_SCRIPT: Final = """
-local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))
-local n = #entries
-if n == 0 then return {'', 0, ''} end
-local rows = {}
-for i = 1, n do
-  local f = entries[i][2]
-  local v = f[2]
-  if f[1] ~= 'h' or #f ~= 2 or string.find(v, '\\n', 1, true) then v = '!' .. entries[i][1] end
-  rows[i] = v
+local limit = tonumber(ARGV[2])
+local start = ARGV[1]
+local rows, last, taken, more = {}, '', 0, 1
+while more == 1 do
+  local want = math.min(64, limit - taken)
+  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', want)
+  for i = 1, #entries do
+    local f = entries[i][2]
+    if #rows > 0 and #rows + #f / 2 > limit then
+      return {last, taken, table.concat(rows, '\\n'), 1}
+    end
+    local ok = #f >= 2 and #f % 2 == 0
+    for j = 1, #f, 2 do
+      if not ok then break end
+      ok = f[j] == 'h' and not string.find(f[j + 1], '\\n', 1, true)
+    end
+    if ok then
+      for j = 2, #f, 2 do rows[#rows + 1] = f[j] end
+    else
+      rows[#rows + 1] = '!' .. entries[i][1]
+    end
+    last, taken = entries[i][1], taken + 1
+  end
+  if #entries < want then more = 0 end
+  if taken >= limit or #rows >= limit then break end
+  start = '(' .. last
 end
-return {entries[n][1], n, table.concat(rows, '\\n')}
+return {last, taken, table.concat(rows, '\\n'), more}
 """
 
 
@@ -429,6 +451,7 @@ class _Batch:
     last_id: str
     rows: list[bytes]
     count: int
+    """Rows (an entry may hold several)."""
 
 
 class _TrimOrder:
@@ -483,7 +506,7 @@ def _sort(rows: list[bytes]) -> _Sorted:
         cut = row.find(b"\t", row.find(b"\t") + 1)
         if cut <= 0 or row.startswith(b"!"):
             reason = (
-                "entry is not an outbox row (no single 'h' field)"
+                "entry is not an outbox row (fields other than 'h')"
                 if row.startswith(b"!")
                 else "entry payload is not 'table<TAB>columns<TAB>json'"
             )
@@ -673,22 +696,22 @@ class OutboxWriter(Actor):
             while True:
                 rows: list[bytes] = []
                 last = ""
-                count = 0
-                while count < limit:
-                    chunk = min(READ_CHUNK, limit - count)
+                while len(rows) < limit:
+                    chunk = min(READ_CHUNK, limit - len(rows))
                     with anyio.fail_after(self.settings.call_timeout):
-                        got_last, got, data = await script(keys=[self.stream], args=[start, chunk])
+                        got_last, got, data, more = await script(
+                            keys=[self.stream], args=[start, chunk]
+                        )
                     if not got:
                         break
                     last = got_last.decode()
                     rows.extend(data.split(b"\n"))
-                    count += int(got)
                     start = next_id(last)
-                    if got < chunk:
+                    if not int(more):
                         break
-                if count:
+                if rows:
                     position = last
-                    await send.send(_Batch(seq, last, rows, count))
+                    await send.send(_Batch(seq, last, rows, len(rows)))
                     seq += 1
                 else:
                     # Nothing to do: wait (inside Redis) for the next entry after our position.

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,7 @@ from actors.store.outbox import (
     HISTORY_TABLES,
     HistoryRejected,
     Kind,
-    NotificationRow,
+    NotificationRows,
     OutboxCounters,
     OutboxStats,
     OutboxStatus,
@@ -28,7 +29,6 @@ from actors.store.outbox import (
     append_history_many,
     dead_letter_stream,
     encode_history,
-    encode_notification,
     next_id,
 )
 from tests.helpers import eventually
@@ -259,24 +259,30 @@ def test_valid_rows_encode_to_one_writable_entry(item: tuple[str, dict[str, Any]
 
 
 @given(
-    chat_id=st.integers(-(2**63), 2**63 - 1),
+    chat_ids=st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=3),
     token=st.text(st.characters(exclude_categories=["Cs", "Cc"]), min_size=3, max_size=80),
     fdv=st.floats(min_value=0, allow_nan=False, allow_infinity=False),
     sent_at=st.datetimes(timezones=st.just(UTC)),
 )
 def test_the_gates_notification_rows_encode_as_checked_rows_do(
-    chat_id: int, token: str, fdv: float, sent_at: datetime
+    chat_ids: list[int], token: str, fdv: float, sent_at: datetime
 ) -> None:
-    row = NotificationRow(
-        chat_id=chat_id,
-        dedup_key=f"call:{token}:{chat_id}",
-        fdv=fdv,
-        kind="call",
-        sent_at=sent_at,
-        threshold=0,
-        token_key=token,
+    rows = NotificationRows(token, fdv, sent_at)
+    for chat_id in chat_ids:
+        checked = {
+            "chat_id": chat_id,
+            "dedup_key": f"call:{token}:{chat_id}",
+            "fdv": fdv,
+            "kind": "call",
+            "sent_at": sent_at,
+            "threshold": 0,
+            "token_key": token,
+        }
+        assert rows.row(chat_id) == encode_history("notifications", checked)
+    assert all(
+        b"\n" not in part and b"\x1f" not in part
+        for part in (rows.before, rows.between, rows.after)
     )
-    assert encode_notification(row) == encode_history("notifications", msgspec.structs.asdict(row))
 
 
 def test_next_id() -> None:
@@ -409,12 +415,25 @@ async def test_rows_postgres_refuses_are_dead_lettered_and_the_rest_is_written(
         pipe.xadd(stream, {"h": b'users\tdedup_key\t{"dedup_key": "x"}'})
         pipe.xadd(stream, {"h": b"activity_log\tid,dedup_key\t{}"})
         pipe.xadd(stream, {"h": b"garbage"})
-        for payload in good[5:]:
+        for payload in good[5:8]:
             pipe.xadd(stream, {"h": payload})
+        # Several rows in one entry (the notify gate's batches), then "h" beside another field.
+        pipe.eval(
+            "return redis.call('XADD', KEYS[1], '*', unpack(ARGV))",
+            1,
+            stream,
+            *("h", good[8], "h", good[9]),
+        )
+        pipe.eval(
+            "return redis.call('XADD', KEYS[1], '*', unpack(ARGV))",
+            1,
+            stream,
+            *("h", encode_history("activity_log", activity("mixed", 99)), "x", "y"),
+        )
         await pipe.execute()
 
-        await eventually(lambda: counters.drained + counters.dead_lettered >= 16, timeout=10)
-        assert counters.drained == 10 and counters.dead_lettered == 6
+        await eventually(lambda: counters.drained + counters.dead_lettered >= 17, timeout=10)
+        assert counters.drained == 10 and counters.dead_lettered == 7
         assert await redis.xlen(stream) == 0
         dead = await redis.xrange(dead_letter_stream(stream))
         reasons = [fields[b"reason"].decode() for _, fields in dead]
@@ -462,3 +481,30 @@ def test_trims_follow_stream_order_whatever_order_batches_commit_in() -> None:
     assert order.committed(batches[2]) is None
     assert order.committed(batches[0]) == "2-0"  # 0, 1 and 2 are all in
     assert order.committed(batches[3]) == "3-0"
+
+
+async def test_batches_of_many_rows_per_entry_keep_to_the_batch_size(
+    redis_url: str, database_url: str
+) -> None:
+    settings_ = fast_settings(outbox_batch=500)
+    stream = settings_.outbox_stream
+    handle = StoreHandle(redis_url, database_url, settings_.call_timeout)
+    counters = OutboxCounters()
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        for entry in range(10):  # ten entries of 300 rows, as the notify gate appends them
+            fields: list[bytes | str] = []
+            for i in range(300):
+                fields += ["h", encode_history("activity_log", activity(f"m:{entry}:{i}", i))]
+            await redis.eval(
+                "return redis.call('XADD', KEYS[1], '*', unpack(ARGV))", 1, stream, *fields
+            )
+    finally:
+        await redis.aclose()
+    async with running_store(handle, settings_, counters=counters):
+        await eventually(lambda: counters.drained >= 3_000, timeout=10)
+        # at most one entry past the batch size: 600 rows a batch here
+        assert counters.dead_lettered == 0 and counters.batches >= 5
+        assert await handle.redis().xlen(stream) == 0
+    rows = await fetch(database_url, "SELECT count(*) AS n FROM activity_log")
+    assert rows[0]["n"] == 3_000

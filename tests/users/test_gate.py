@@ -4,6 +4,7 @@ up, and counted)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -106,9 +107,18 @@ async def test_duplicate_claims_release_one_notification_each(redis_url: str) ->
     )
     assert (counts["won"], counts["lost"]) == (2, 4)
     sync = redis.Redis.from_url(redis_url)
-    history = [entry[b"h"].decode() for _, entry in sync.xrange(STREAM)]
-    assert len(history) == 2  # one row per notification, recorded with its claim
-    assert all(h.startswith("notifications\t") and '"token_key":"solana:AAA"' in h for h in history)
+    # the raw fields: an entry holds the rows of one batch, each an "h" field
+    raw = sync.eval(
+        "local out = {} for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do "
+        "for i = 2, #e[2], 2 do out[#out + 1] = e[2][i] end end return out",
+        1,
+        STREAM,
+    )
+    history = [json.loads(row.split(b"\t", 2)[2]) for row in raw]
+    assert sorted((h["chat_id"], h["token_key"], h["kind"]) for h in history) == [
+        (1, "solana:AAA", "call"),
+        (2, "solana:AAA", "call"),
+    ]  # one row per notification, recorded with its claim
     stored = sync.hget(accepted_key(1), "solana:AAA")
     assert isinstance(stored, bytes)
     expires, fdv, at, symbol = stored.decode().split(" ", 3)
