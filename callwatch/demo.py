@@ -32,7 +32,7 @@ from rich.text import Text
 from actors.store.migrate import migrate
 from actors.user_directory import ask_users
 from callwatch.app import Environment, build_tree
-from callwatch.service import remove_runfile, storage, wait_for_signal, write_runfile
+from callwatch.service import StopSignal, remove_runfile, storage, write_runfile
 from callwatch.status import render
 from messages.settings import Secret, Settings
 from messages.solana import b58encode
@@ -271,31 +271,34 @@ async def run_demo(settings: Settings, *, duration: float | None, summary: Path 
     settings = demo_settings(settings, feed, emulator, solana, nowpayments)
     configure_logging(settings.log_level, "json", secrets=settings.secrets(), stream=log_file)
     result: dict[str, Any] = {}
+    stop = StopSignal()
     try:
-        async with storage(settings) as store:
-            # A new sandbox feed starts at seq 1: forget the last run's resume point.
-            client = aioredis.from_url(store.redis_url)
-            await client.delete("ingest:last_seq", "ingest:last_seq:ahead")
-            await client.aclose()
-            seeded = await seed_history(store.database_url, feed, datetime.now(UTC))
-            log.info("demo.seeded_history", calls=seeded)
-            env = Environment(
-                store=store, on_control_bound=lambda url: write_runfile(settings, url)
-            )
-            tree = Tree(build_tree(settings, env))
-            async with tree.running(), anyio.create_task_group() as tg:
-                console.print(f"Web chat with the bot: {emulator.web_url}")
-                console.print("`callwatch status` in another terminal shows the tree.")
-                tg.start_soon(script, tree, feed, emulator, env)
-                with anyio.CancelScope() as watching:
-                    tg.start_soon(stop_on_signal, watching)
-                    if headless:
-                        with anyio.move_on_after(duration or 60.0):
-                            await tree.wait()
-                    else:
-                        await live(console, tree, feed, emulator, env)
-                result = counts(tree, feed, emulator)
-                tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as watcher:
+            await watcher.start(stop.watch)
+            async with storage(settings) as store:
+                # A new sandbox feed starts at seq 1: forget the last run's resume point.
+                client = aioredis.from_url(store.redis_url)
+                await client.delete("ingest:last_seq", "ingest:last_seq:ahead")
+                await client.aclose()
+                seeded = await seed_history(store.database_url, feed, datetime.now(UTC))
+                log.info("demo.seeded_history", calls=seeded)
+                env = Environment(
+                    store=store, on_control_bound=lambda url: write_runfile(settings, url)
+                )
+                tree = Tree(build_tree(settings, env))
+                async with tree.running(), anyio.create_task_group() as tg:
+                    console.print(f"Web chat with the bot: {emulator.web_url}")
+                    console.print("`callwatch status` in another terminal shows the tree.")
+                    tg.start_soon(script, tree, feed, emulator, env)
+                    with stop.cancels():
+                        if headless:
+                            with anyio.move_on_after(duration or 60.0):
+                                await tree.wait()
+                        else:
+                            await live(console, tree, feed, emulator, env)
+                    result = counts(tree, feed, emulator)
+                    tg.cancel_scope.cancel()
+            watcher.cancel_scope.cancel()
     finally:
         remove_runfile(settings)
         with anyio.CancelScope(shield=True):
@@ -311,12 +314,6 @@ async def run_demo(settings: Settings, *, duration: float | None, summary: Path 
         f"{result.get('restarts', 0)} restarts; logs in {Path(settings.data_dir) / 'demo.log'}"
     )
     return 0
-
-
-async def stop_on_signal(scope: anyio.CancelScope) -> None:
-    """Ctrl-C or SIGTERM ends the demo the same way its duration does: cleanly."""
-    await wait_for_signal()
-    scope.cancel()
 
 
 async def live(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import structlog
 
 from actors.control import ControlConfigError, check_exposure
@@ -64,11 +65,38 @@ async def storage(settings: Settings) -> AsyncIterator[StoreHandle]:
             await anyio.to_thread.run_sync(servers.stop)
 
 
-async def wait_for_signal() -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("service.signal", signal=signal.Signals(signum).name)
-            return
+class StopSignal:
+    """SIGINT or SIGTERM as a request to stop: heard from the moment `watch` runs (the
+    start-up included: the runfile that tells scripts "up" is written while the tree
+    starts), acted on by the scope `cancels` holds, at once or as soon as it is entered.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self._scope: anyio.CancelScope | None = None
+
+    async def watch(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("service.signal", signal=signal.Signals(signum).name)
+                self.received = True
+                if self._scope is not None:
+                    self._scope.cancel()
+
+    @contextmanager
+    def cancels(self) -> Iterator[anyio.CancelScope]:
+        """A scope the signal cancels (at once if it already came)."""
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self.received:
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                self._scope = None
 
 
 async def run_service(settings: Settings) -> int:
@@ -95,28 +123,26 @@ async def run_service(settings: Settings) -> int:
             reason=f"callwatch run needs {', '.join(missing)} (`callwatch demo` needs neither)",
         )
         return 2
+    stop = StopSignal()
     try:
-        async with storage(settings) as store:
-            env = Environment(
-                store=store,
-                telegram_base_url=settings.telegram.api_base_url,
-                feed_url=settings.feed.url,
-                on_control_bound=lambda url: write_runfile(settings, url),
-            )
-            tree = Tree(build_tree(settings, env))
-            try:
-                async with tree.running(), anyio.create_task_group() as tg:
-
-                    async def stop_on_signal() -> None:
-                        await wait_for_signal()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(stop_on_signal)
-                    await tree.wait()
-                    tg.cancel_scope.cancel()
-            finally:
-                remove_runfile(settings)
-            return 1 if tree.failed else 0
+        async with anyio.create_task_group() as watcher:
+            await watcher.start(stop.watch)
+            async with storage(settings) as store:
+                env = Environment(
+                    store=store,
+                    telegram_base_url=settings.telegram.api_base_url,
+                    feed_url=settings.feed.url,
+                    on_control_bound=lambda url: write_runfile(settings, url),
+                )
+                tree = Tree(build_tree(settings, env))
+                try:
+                    async with tree.running():
+                        with stop.cancels():
+                            await tree.wait()
+                finally:
+                    remove_runfile(settings)
+            watcher.cancel_scope.cancel()
+        return 1 if tree.failed else 0
     except ServerUnavailable as exc:
         log.error("service.storage_unavailable", reason=str(exc))
         return 1
