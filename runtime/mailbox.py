@@ -56,7 +56,9 @@ class _Stop:
 STOP: Final = _Stop()
 """Returned by :meth:`Mailbox.get` once the owner was asked to stop."""
 
-Item = list[object]  # [message, reply | None, key | None]
+Item = tuple[object, object, None] | list[object]
+"""(message, reply | None, None), or [message, reply | None, key] when keyed (coalescing
+rewrites a queued keyed item in place); a tuple is the cheaper of the two to make."""
 DropFn = Callable[[object, Reply | None, str], None]
 
 
@@ -97,7 +99,7 @@ class Mailbox:
         self._items: deque[Item] = deque()
         # Lists, not deques: rarely used, and an empty deque costs 600 bytes per actor.
         self._system: list[object] = []
-        self._by_key: dict[Hashable, Item] = {}
+        self._by_key: dict[Hashable, list[object]] = {}
         self._waiter: Waker | None = None
         self._space_waiters: list[Signal] = []
         self._stopping = False
@@ -115,7 +117,7 @@ class Mailbox:
         """Queue without waiting. False means the message went to dead letters."""
         items = self._items
         if self.key is None and not self.closed and len(items) < self.capacity:
-            items.append([message, reply, None])
+            items.append((message, reply, None))
             if self._waiter is not None:
                 self._wake()
             return True
@@ -151,9 +153,11 @@ class Mailbox:
                 )
                 self._drop(message, reply, reason)
                 return False
-        item: Item = [message, reply, key]
-        self._items.append(item)
-        if key is not None:
+        if key is None:
+            self._items.append((message, reply, None))
+        else:
+            item = [message, reply, key]
+            self._items.append(item)
             self._by_key[key] = item
         self._wake()
         return True
@@ -207,7 +211,7 @@ class Mailbox:
     def get_nowait(self) -> Item | _Stop | None:
         """The next item if one is ready: system notices first, then STOP, then messages."""
         if self._system:
-            return [self._system.pop(0), None, None]
+            return (self._system.pop(0), None, None)
         if self._stopping:
             return STOP
         if self._items:
