@@ -147,7 +147,6 @@ class UserActor(Actor):
                 user_id=self.user_id,
                 settings=self.record.settings,
                 active=active,
-                ref=self.ctx.ref,
                 until=self.record.subscribed_until or 0.0,
             )
         )

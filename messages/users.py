@@ -314,13 +314,12 @@ UserReply: TypeAlias = (
 
 class UserSettingsChanged(msgspec.Struct, frozen=True, kw_only=True):
     """A user actor's row for its shard: settings, whether it may receive alerts at all
-    (subscribed, reachable, not locked), until when (the subscription's end: the shard
-    stops at that moment without being told), and the user actor's ref."""
+    (subscribed, reachable, not locked), and until when (the subscription's end: the shard
+    stops at that moment without being told)."""
 
     user_id: int
     settings: FilterSettings
     active: bool
-    ref: object
     until: float = math.inf
 
 
