@@ -16,8 +16,8 @@ import asyncpg
 
 from actors.store.handle import StoreUnavailable
 from actors.store.migrate import MigrationStatus, migrate, status
+from actors.store.owner import describe
 from actors.store.postgres_owner import connect_options
-from actors.store.redis_owner import describe
 
 __all__ = ["db_migrate", "db_status", "describe_status"]
 

@@ -56,7 +56,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
 from actors.store.handle import StoreHandle, StoreUnavailable
-from actors.store.redis_owner import describe
+from actors.store.owner import describe
 from messages.settings import StoreSettings
 from runtime import Actor, MailboxSpec
 

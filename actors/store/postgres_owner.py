@@ -16,9 +16,9 @@ import asyncpg
 
 from actors.store.handle import StoreHandle, StoreUnavailable
 from actors.store.migrate import MigrationError, migrate
-from actors.store.redis_owner import describe
+from actors.store.owner import StoreOwner, describe
 from messages.settings import StoreSettings
-from runtime import Actor, MailboxSpec
+from runtime import MailboxSpec
 
 __all__ = ["MIGRATION_TIMEOUT_S", "PostgresOwner", "connect_options"]
 
@@ -43,13 +43,14 @@ def connect_options(url: str) -> dict[str, Any]:
     return {}
 
 
-class PostgresOwner(Actor):
+class PostgresOwner(StoreOwner):
     """Migrates, opens the pool, publishes it, then probes the server with ``SELECT 1``.
 
     A failed probe (at start or later) unpublishes the pool and crashes the actor.
     """
 
     mailbox = MailboxSpec(capacity=100)
+    server = "postgres"
 
     def __init__(
         self, store: StoreHandle, settings: StoreSettings | None = None, migrations: bool = True
@@ -58,7 +59,7 @@ class PostgresOwner(Actor):
         self.settings = settings if settings is not None else StoreSettings()
         self.migrations = migrations
         self.pool: asyncpg.Pool | None = None
-        self.probe: asyncpg.Connection | None = None
+        self.probe_conn: asyncpg.Connection | None = None
         self._lost = False
 
     async def started(self) -> None:
@@ -77,14 +78,13 @@ class PostgresOwner(Actor):
                 )
             # The probe has a connection of its own: a pool busy with slow queries must not
             # look like a dead server (the restart would cut every query in flight).
-            self.probe = await asyncpg.connect(
+            self.probe_conn = await asyncpg.connect(
                 self.store.database_url,
                 timeout=timeout,
                 command_timeout=timeout,
                 **connect_options(self.store.database_url),
             )
-            with anyio.fail_after(timeout):
-                await self.probe.fetchval("SELECT 1")
+            await self.probe()
         except MigrationError:
             self._lost = True
             raise
@@ -109,34 +109,18 @@ class PostgresOwner(Actor):
             if not conn.is_closed():
                 conn.terminate()
 
-    async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch)
-            await self.ctx.process(self)
-            tg.cancel_scope.cancel()
+    async def probe(self) -> None:
+        assert self.probe_conn is not None
+        with anyio.fail_after(self.settings.call_timeout):
+            await self.probe_conn.fetchval("SELECT 1")
 
-    async def _watch(self) -> None:
-        probe = self.probe
-        assert probe is not None
-        timeout = self.settings.call_timeout
-        while True:
-            await self.ctx.clock.sleep(self.settings.watch_interval)
-            try:
-                with anyio.fail_after(timeout):
-                    await probe.fetchval("SELECT 1")
-            except Exception as exc:
-                self._lost = True
-                self.store.publish_pool(None)
-                self.ctx.log.warning("store.postgres_lost", error=describe(exc))
-                raise StoreUnavailable("postgres", f"connection lost: {describe(exc)}") from exc
-
-    async def receive(self, message: Any) -> Any:
-        self.ctx.log.warning("store.unexpected_message", message_type=type(message).__name__)
-        return None
+    def lost(self) -> None:
+        self._lost = True
+        self.store.publish_pool(None)
 
     async def stopped(self) -> None:
         self.store.publish_pool(None)
-        probe, self.probe = self.probe, None
+        probe, self.probe_conn = self.probe_conn, None
         if probe is not None:
             probe.terminate()
         pool, self.pool = self.pool, None

@@ -8,16 +8,15 @@ the owner is down (or restarting) the handle answers :class:`StoreUnavailable` a
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from actors.store.handle import StoreHandle, StoreUnavailable
+from actors.store.owner import StoreOwner, describe
 from messages.settings import StoreSettings
-from runtime import Actor, MailboxSpec
+from runtime import MailboxSpec
 
 __all__ = ["HEALTH_CHECK_INTERVAL_S", "RedisOwner", "make_redis_client"]
 
@@ -38,60 +37,37 @@ def make_redis_client(url: str, call_timeout: float) -> aioredis.Redis:
     return client
 
 
-def describe(exc: BaseException) -> str:
-    """A short reason for logs and status: the error type and message, never the URL."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
-
-
-class RedisOwner(Actor):
+class RedisOwner(StoreOwner):
     """Connects, PINGs, publishes the client to the handle, then PINGs it periodically.
 
     A failed PING (at start or later) unpublishes the client and crashes the actor.
     """
 
     mailbox = MailboxSpec(capacity=100)
+    server = "redis"
 
     def __init__(self, store: StoreHandle, settings: StoreSettings | None = None) -> None:
         self.store = store
         self.settings = settings if settings is not None else StoreSettings()
         self.client: aioredis.Redis | None = None
 
-    async def _ping(self, client: aioredis.Redis) -> None:
+    async def probe(self) -> None:
+        assert self.client is not None
         with anyio.fail_after(self.settings.call_timeout):
-            await client.ping()
+            await self.client.ping()
+
+    def lost(self) -> None:
+        self.store.publish_redis(None)
 
     async def started(self) -> None:
         client = make_redis_client(self.store.redis_url, self.settings.call_timeout)
         self.client = client
         try:
-            await self._ping(client)
+            await self.probe()
         except Exception as exc:
             raise StoreUnavailable("redis", f"cannot connect: {describe(exc)}") from exc
         self.store.publish_redis(client)
         self.ctx.log.info("store.redis_up", incarnation=self.ctx.incarnation)
-
-    async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch)
-            await self.ctx.process(self)
-            tg.cancel_scope.cancel()
-
-    async def _watch(self) -> None:
-        client = self.client
-        assert client is not None
-        while True:
-            await self.ctx.clock.sleep(self.settings.watch_interval)
-            try:
-                await self._ping(client)
-            except Exception as exc:
-                self.store.publish_redis(None)
-                self.ctx.log.warning("store.redis_lost", error=describe(exc))
-                raise StoreUnavailable("redis", f"connection lost: {describe(exc)}") from exc
-
-    async def receive(self, message: Any) -> Any:
-        self.ctx.log.warning("store.unexpected_message", message_type=type(message).__name__)
-        return None
 
     async def stopped(self) -> None:
         self.store.publish_redis(None)
