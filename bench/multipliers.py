@@ -10,7 +10,7 @@ Shape as in the seed system: 25,000 tokens with about 100 tracked users each. St
    in chunks, the index and the per-user side index rebuilt), then push a mixed stream of
    price updates through the actor's coalescing mailbox.
 
-Run: ``make bench-multipliers`` (or ``python bench/multipliers.py --tokens 2500`` for a
+Run: ``make bench-multipliers`` (or ``python -m bench.multipliers --tokens 2500`` for a
 quick look). Last line:
 ``multipliers: entries=... rss_mb=... price_updates_per_s=... rebuild_s=...``
 (targets: >= 200,000 updates/s, <= 400 MB for the index, rebuild <= 5 s).
@@ -27,7 +27,6 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
-import gc  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -36,24 +35,19 @@ from typing import Any  # noqa: E402
 import anyio  # noqa: E402
 import anyio.lowlevel  # noqa: E402
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 
-from actors.multiplier_index import SEVEN_DAYS, MultiplierIndex  # noqa: E402
+from actors.multiplier_index import SEVEN_DAYS  # noqa: E402
 from actors.multipliers import Multipliers, RedisMultiplierStore, TokenWrite  # noqa: E402
 from actors.store.handle import StoreHandle  # noqa: E402
+from bench.multipliers_core import build_index, make_population, make_prices, rss_mb  # noqa: E402
 from messages.tracking import TrackedBy  # noqa: E402
 from messages.wire import PriceUpdate  # noqa: E402
 from runtime import Actor  # noqa: E402
 from runtime.logs import configure_logging  # noqa: E402
 from runtime.servers import REDIS_URL_ENV, EmbeddedRedis  # noqa: E402
 from supervisors import Tree, supervisor, worker  # noqa: E402
-
-
-def rss_mb() -> float:
-    gc.collect()
-    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 class NullSender(Actor):
@@ -87,25 +81,12 @@ def make_price(token_key: str, fdv: float, seq: int) -> PriceUpdate:
 
 async def run(args: argparse.Namespace, url: str) -> None:
     rng = np.random.default_rng(args.seed)
-    n_tok, per = args.tokens, args.users_per_token
-    keys = [f"solana:{i:08d}TokenAddressPaddingToLookReal{i % 97:02d}" for i in range(n_tok)]
-    untracked = [f"ethereum:0xuntracked{i:08d}" for i in range(n_tok)]
-    base = np.exp(rng.uniform(np.log(2e4), np.log(5e7), n_tok))
-    spread = np.exp(rng.normal(0.0, 0.3, (n_tok, per)))
-    offsets = rng.integers(0, 200_000, n_tok)
-    users = (offsets[:, None] + np.arange(per)[None, :] * 1_999) % 200_000 + 1
+    population = make_population(rng, args.tokens, args.users_per_token)
+    n_tok = len(population.keys)
     now = time.time()
 
     # 1. build
-    before = rss_mb()
-    index = MultiplierIndex()
-    t0 = time.perf_counter()
-    for t in range(n_tok):
-        key, b, track = keys[t], float(base[t]), index.track
-        for user, s in zip(users[t].tolist(), spread[t].tolist(), strict=True):
-            track(key, user, b * s, now - 3_600.0)
-    build_s = time.perf_counter() - t0
-    index_mb = rss_mb() - before
+    index, build_s, index_mb = build_index(population, now - 3_600.0)
     entries = len(index)
     print(f"build: {entries:,} entries via track() in {build_s:.1f} s; index {index_mb:.0f} MB")
 
@@ -128,21 +109,8 @@ async def run(args: argparse.Namespace, url: str) -> None:
 
     # 3. price updates through the index
     n = args.updates
-    tracked = rng.random(n) < 0.5
-    tok_idx = rng.integers(0, n_tok, n)
-    steps = rng.normal(-0.002, 0.02, n)
-    pumps = rng.random(n) < 0.0005
-    steps[pumps] += np.log(rng.uniform(1.5, 20.0, int(pumps.sum())))
-    walk = np.zeros(n_tok)
-    logs = np.empty(n)
-    for i, (t, st) in enumerate(zip(tok_idx.tolist(), steps.tolist(), strict=True)):
-        walk[t] += st
-        logs[i] = walk[t]
-    fdvs = base[tok_idx] * np.exp(logs)
-    updates = [
-        (keys[t] if tr else untracked[t], f)
-        for t, tr, f in zip(tok_idx.tolist(), tracked.tolist(), fdvs.tolist(), strict=True)
-    ]
+    prices = make_prices(rng, population, n)
+    updates = prices.updates
     on_price = index.on_price
     alerts = 0
     t0, c0 = time.perf_counter(), time.process_time()
@@ -156,7 +124,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
         f"index: {n:,} price updates in {elapsed:.2f} s wall / {cpu:.2f} s cpu "
         f"({per_s:,.0f}/s wall, {n / cpu:,.0f}/s cpu), alerts={alerts:,}"
     )
-    del index, updates
+    del index
 
     # 4. rebuild in a fresh actor, then updates through its mailbox
     counts: dict[str, int] = {}
@@ -174,7 +142,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
         actor_mb = rss_mb() - before
         mult = tree.lookup("multipliers")
         t1 = time.perf_counter()
-        tracked_by = len(await mult.ask(TrackedBy(int(users[0][0]))))
+        tracked_by = len(await mult.ask(TrackedBy(int(population.users[0][0]))))
         tracked_ms = (time.perf_counter() - t1) * 1000
         print(
             f"rebuild: actor started in {rebuild_s:.2f} s wall, {rebuild_cpu:.2f} s cpu "
@@ -182,13 +150,7 @@ async def run(args: argparse.Namespace, url: str) -> None:
             f"{actor_mb:.0f} MB; /tracked of one user: {tracked_by} tokens in {tracked_ms:.1f} ms"
         )
         m = min(args.actor_updates, n)
-        picks = tok_idx[:m].tolist()
-        messages = [
-            make_price(keys[t] if tr else untracked[t], f, i + 1)
-            for i, (t, tr, f) in enumerate(
-                zip(picks, tracked[:m].tolist(), fdvs[:m].tolist(), strict=True)
-            )
-        ]
+        messages = [make_price(key, fdv, i + 1) for i, (key, fdv) in enumerate(updates[:m])]
 
         def processed() -> int:
             return next(c for c in tree.status().children if c.name == "multipliers").processed

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import psutil
 
 from actors.multiplier_index import MultiplierIndex
@@ -24,6 +26,79 @@ from actors.multiplier_index import MultiplierIndex
 def rss_mb() -> float:
     gc.collect()
     return float(psutil.Process().memory_info().rss) / 2**20
+
+
+@dataclass(frozen=True)
+class Population:
+    """Tokens, each tracked by ``per`` distinct users at FDVs spread around its base."""
+
+    keys: list[str]
+    untracked: list[str]
+    """As many token keys that nobody tracks (the misses of a price stream)."""
+    base: npt.NDArray[np.float64]
+    spread: npt.NDArray[np.float64]
+    users: npt.NDArray[np.int64]
+
+
+def make_population(rng: np.random.Generator, n_tok: int, per: int) -> Population:
+    keys = [f"solana:{i:08d}TokenAddressPaddingToLookReal{i % 97:02d}" for i in range(n_tok)]
+    untracked = [f"ethereum:0xuntracked{i:08d}" for i in range(n_tok)]
+    base = np.exp(rng.uniform(np.log(2e4), np.log(5e7), n_tok))
+    spread = np.exp(rng.normal(0.0, 0.3, (n_tok, per)))
+    # Distinct users per token: a random offset into a population of 200,000 users.
+    offsets = rng.integers(0, 200_000, n_tok)
+    users = (offsets[:, None] + np.arange(per)[None, :] * 1_999) % 200_000 + 1
+    return Population(keys, untracked, base, spread, users)
+
+
+def build_index(population: Population, at: float) -> tuple[MultiplierIndex, float, float]:
+    """The index built with ``track()`` (as user actors would): (index, seconds, MB)."""
+    before = rss_mb()
+    index = MultiplierIndex()
+    track = index.track
+    t0 = time.perf_counter()
+    users, spread = population.users, population.spread
+    for t, key in enumerate(population.keys):
+        b = float(population.base[t])
+        for user, s in zip(users[t].tolist(), spread[t].tolist(), strict=True):
+            track(key, user, b * s, at)
+    build_s = time.perf_counter() - t0
+    return index, build_s, rss_mb() - before
+
+
+@dataclass(frozen=True)
+class Prices:
+    """A price stream: half for tracked tokens, half for untracked ones. Tracked prices walk
+    (2 % steps, a slight downward drift, as most called tokens fade); one step in 2,000 is a
+    pump of 1.5x to 20x, so some users cross thresholds during the run."""
+
+    tracked: npt.NDArray[np.bool_]
+    token_index: npt.NDArray[np.int64]
+    fdvs: npt.NDArray[np.float64]
+    pumps: int
+    updates: list[tuple[str, float]]
+    """(token key, FDV) in stream order."""
+
+
+def make_prices(rng: np.random.Generator, population: Population, n: int) -> Prices:
+    n_tok = len(population.keys)
+    tracked = rng.random(n) < 0.5
+    tok_idx = rng.integers(0, n_tok, n)
+    steps = rng.normal(-0.002, 0.02, n)
+    pumps = rng.random(n) < 0.0005
+    steps[pumps] += np.log(rng.uniform(1.5, 20.0, int(pumps.sum())))
+    walk = np.zeros(n_tok)
+    logs = np.empty(n)
+    for i, (t, st) in enumerate(zip(tok_idx.tolist(), steps.tolist(), strict=True)):
+        walk[t] += st
+        logs[i] = walk[t]
+    fdvs = population.base[tok_idx] * np.exp(logs)
+    keys, untracked = population.keys, population.untracked
+    updates = [
+        (keys[t] if tr else untracked[t], f)
+        for t, tr, f in zip(tok_idx.tolist(), tracked.tolist(), fdvs.tolist(), strict=True)
+    ]
+    return Prices(tracked, tok_idx, fdvs, int(pumps.sum()), updates)
 
 
 def main() -> None:
@@ -35,48 +110,12 @@ def main() -> None:
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
-    n_tok, per = args.tokens, args.users_per_token
-    keys = [f"solana:{i:08d}TokenAddressPaddingToLookReal{i % 97:02d}" for i in range(n_tok)]
-    base = np.exp(rng.uniform(np.log(2e4), np.log(5e7), n_tok))
-    spread = np.exp(rng.normal(0.0, 0.3, (n_tok, per)))
-    # Distinct users per token: a random offset into a population of 200,000 users.
-    offsets = rng.integers(0, 200_000, n_tok)
-    users = (offsets[:, None] + np.arange(per)[None, :] * 1_999) % 200_000 + 1
-    now = 1_700_000_000.0
-
-    before = rss_mb()
-    index = MultiplierIndex()
-    t0 = time.perf_counter()
-    for t in range(n_tok):
-        key = keys[t]
-        b = float(base[t])
-        track = index.track
-        for user, s in zip(users[t].tolist(), spread[t].tolist(), strict=True):
-            track(key, user, b * s, now)
-    build_s = time.perf_counter() - t0
-    index_mb = rss_mb() - before
+    population = make_population(rng, args.tokens, args.users_per_token)
+    index, build_s, index_mb = build_index(population, 1_700_000_000.0)
     entries = len(index)
-
-    # Price stream: half for tracked tokens, half for untracked ones. Tracked prices walk
-    # (2 % steps, a slight downward drift, as most called tokens fade); one step in
-    # 2,000 is a pump of 1.5x to 20x, so some users cross thresholds during the run.
     n = args.updates
-    tracked = rng.random(n) < 0.5
-    tok_idx = rng.integers(0, n_tok, n)
-    steps = rng.normal(-0.002, 0.02, n)
-    pumps = rng.random(n) < 0.0005
-    steps[pumps] += np.log(rng.uniform(1.5, 20.0, int(pumps.sum())))
-    walk = np.zeros(n_tok)
-    logs = np.empty(n)
-    for i, (t, st) in enumerate(zip(tok_idx.tolist(), steps.tolist(), strict=True)):
-        walk[t] += st
-        logs[i] = walk[t]
-    fdvs = base[tok_idx] * np.exp(logs)
-    untracked_keys = [f"ethereum:0xuntracked{i:08d}" for i in range(n_tok)]
-    updates = [
-        (keys[t] if tr else untracked_keys[t], f)
-        for t, tr, f in zip(tok_idx.tolist(), tracked.tolist(), fdvs.tolist(), strict=True)
-    ]
+    prices = make_prices(rng, population, n)
+    updates = prices.updates
 
     on_price = index.on_price
     alerts = 0
@@ -105,7 +144,7 @@ def main() -> None:
     print(f"index rss delta: {index_mb:.1f} MB (process rss {rss_mb():.0f} MB)")
     print(
         f"price updates: {n:,} in {elapsed:.2f} s wall, {cpu:.2f} s cpu "
-        f"({n / cpu:,.0f}/s on cpu time), alerts={alerts:,}, pumps={int(pumps.sum())}"
+        f"({n / cpu:,.0f}/s on cpu time), alerts={alerts:,}, pumps={prices.pumps}"
     )
     print(f"encode all: {encode_s:.2f} s, load all: {load_s:.2f} s, blobs {blob_mb:.1f} MB")
     print(
