@@ -1,11 +1,16 @@
-"""Small waiting helpers for tests: bounded, no fixed sleeps."""
+"""Small helpers for tests: bounded waits (no fixed sleeps), a published store handle."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 import anyio.lowlevel
+import asyncpg
+import redis.asyncio as aioredis
+
+from actors.store.handle import StoreHandle
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -18,3 +23,23 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
                 await anyio.lowlevel.checkpoint()
             else:
                 await anyio.sleep(0.002)
+
+
+@asynccontextmanager
+async def published_store(
+    redis_url: str, database_url: str, *, pool_max: int = 4
+) -> AsyncIterator[StoreHandle]:
+    """A `StoreHandle` with a Redis client and a pool published, as the store owners would
+    publish them, for tests of actors that only use the handle."""
+    handle = StoreHandle(redis_url, database_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=pool_max)
+    client = aioredis.Redis.from_url(redis_url)
+    handle.publish_pool(pool)
+    handle.publish_redis(client)
+    try:
+        yield handle
+    finally:
+        handle.publish_pool(None)
+        handle.publish_redis(None)
+        await client.aclose()
+        await pool.close()

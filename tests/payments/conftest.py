@@ -30,6 +30,7 @@ from runtime import Actor, ActorSystem, ManualClock, Ref
 from sandbox.nowpayments import NowPaymentsStub
 from sandbox.solana import SolanaRpcStub
 from supervisors import Backoff, Strategy, Tree, supervisor, worker
+from tests.helpers import published_store
 
 WALLET = "GsbwXfJraMomNxBcjYLcG3mxkBUiyWXAB32fGbSMQRdW"
 PAYER = "5ZWj7a1f8tWkjBESHKgrLmXshuXxqeY9SYcfbshpAqPG"
@@ -111,18 +112,8 @@ def payments_settings(**overrides: Any) -> PaymentsSettings:
 
 @pytest.fixture
 async def store(redis_url: str, database_url: str) -> AsyncIterator[StoreHandle]:
-    handle = StoreHandle(redis_url, database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=8)
-    client = aioredis.Redis.from_url(redis_url)
-    handle.publish_pool(pool)
-    handle.publish_redis(client)
-    try:
+    async with published_store(redis_url, database_url, pool_max=8) as handle:
         yield handle
-    finally:
-        handle.publish_pool(None)
-        handle.publish_redis(None)
-        await client.aclose()
-        await pool.close()
 
 
 @pytest.fixture

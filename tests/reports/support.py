@@ -10,15 +10,13 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import asyncpg
-import redis.asyncio as aioredis
 
 from actors.charts import ChartRenderer
 from actors.multipliers import TrackedToken
@@ -52,22 +50,6 @@ SUBSCRIBERS = (HEAVY, TRADER, HOLDER)
 
 UNNAMED = "sol:Zq8RrVxW4f9QmUnnamedTokenAddr1111"
 DOGE = "sol:DoGe1111111111111111111111111111"
-
-
-@asynccontextmanager
-async def store_handle(redis_url: str, database_url: str) -> AsyncIterator[StoreHandle]:
-    handle = StoreHandle(redis_url, database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    client = aioredis.Redis.from_url(redis_url)
-    handle.publish_pool(pool)
-    handle.publish_redis(client)
-    try:
-        yield handle
-    finally:
-        handle.publish_pool(None)
-        handle.publish_redis(None)
-        await client.aclose()
-        await pool.close()
 
 
 async def seed_day(pool: asyncpg.Pool) -> None:

@@ -18,6 +18,7 @@ from actors.reports import ReportsStatus, ReportStats
 from messages.delivery import SenderStats, SenderStatus
 from runtime import ManualClock
 from sandbox.telegram import TelegramEmulator
+from tests.helpers import published_store
 from tests.reports.support import (
     DAY,
     HEAVY,
@@ -34,7 +35,6 @@ from tests.reports.support import (
     World,
     advance_until,
     seed_day,
-    store_handle,
 )
 
 pytestmark = pytest.mark.anyio
@@ -48,7 +48,7 @@ async def world(redis_url: str, database_url: str) -> AsyncIterator[World]:
     emulator = TelegramEmulator(token=TOKEN, clock=clock.monotonic)
     await emulator.start()
     try:
-        async with store_handle(redis_url, database_url) as store:
+        async with published_store(redis_url, database_url) as store:
             await seed_day(store.pool())
             yield World(clock, emulator, store, [])
     finally:
