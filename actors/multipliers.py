@@ -80,6 +80,7 @@ class TrackedToken(NamedTuple):
     symbol: str
     fdv_at_notify: float
     highest_threshold: float | None
+    notified_at: float = 0.0
 
 
 class StoredToken(NamedTuple):
@@ -441,7 +442,11 @@ class Multipliers(Actor):
                     level = entry.highest_index
                     highest = thresholds[level] if level >= 0 else None
                     line = TrackedToken(
-                        key, self._symbols.get(key, ""), entry.fdv_at_notify, highest
+                        key,
+                        self._symbols.get(key, ""),
+                        entry.fdv_at_notify,
+                        highest,
+                        entry.notified_at,
                     )
                     found.append((entry.notified_at, line))
                     break

@@ -1,23 +1,24 @@
 """The notify gate: a token reaches a user once, even across restarts and duplicates.
 
 The shards decide; the gate makes each decision durable before anything is sent. Every
-(user, token) a shard passes (`Passes`) is claimed with an atomic "set if absent" of the
-token in the user's processed-token hash in Redis (expiry stored in the value, so it
-follows the injected clock; the key's TTL refreshed so Redis forgets idle users). The
-same script appends the notification's history row to the outbox stream, so a claim and
-its history row are recorded together. Only a claim that wins releases the notification
-to ``sender`` and the tracking request to ``multipliers``, in one message each per batch;
-a claim that loses was notified before and sends nothing.
+(user, token) a shard passes (`Passes`) is claimed atomically in the token's
+processed-token set in Redis (see `CLAIM_SCRIPT`: the claim's expiry is its score, so it
+follows the injected clock; the key's TTL lets Redis forget a token nobody was told
+about for 14 days). The same script appends the notifications' history rows to the
+outbox stream, so a claim and its history row are recorded together. Only a claim that
+wins releases the notification to ``sender`` and the tracking request to
+``multipliers``, in one message each per batch; a claim that loses was notified before
+and sends nothing.
 
-This hash is the users' processed-token memory (14 days): it lives in Redis rather than
-in the user actors because a restart of anything must not forget it, and because a
+These sets are the users' processed-token memory (14 days): it lives in Redis rather
+than in the user actors because a restart of anything must not forget it, and because a
 message per passing user through their actors cost more than the decision itself.
 
 Claims are batched into one Lua call per Redis round trip: while a batch is in flight
 the next one fills, so the batch size follows the load (one claim at a time when idle,
-hundreds under a burst); under a backlog up to ``max_in_flight`` batches are on the wire
-at once. At ``max_pending`` waiting claims the gate stops taking more (the shards, the
-router and ingest wait in turn).
+hundreds under a burst); once ``parallel_at`` claims wait, up to ``max_in_flight``
+batches are on the wire at once. At ``max_pending`` waiting claims the gate stops taking
+more (the shards, the router and ingest wait in turn).
 
 While Redis is down, claims wait and are retried; a claim older than ``max_wait`` is
 dropped (nothing sent, counted and logged; a later event with new channels may pass it
@@ -56,62 +57,63 @@ local ttl = ARGV[2]
 local s = ARGV[3]
 local find, sub = string.find, string.sub
 local out, rows = {}, {}
-local field, value, before, between, after
-local pos = 1
-while pos <= #s do
+local pos, size = 1, #s
+while pos <= size do
   local nl = find(s, '\n', pos, true)
-  if sub(s, pos, pos) == 'E' then
-    local a = find(s, '\31', pos, true)
-    local b = find(s, '\31', a + 1, true)
-    local c = find(s, '\31', b + 1, true)
-    local d = find(s, '\31', c + 1, true)
-    local e = find(s, '\31', d + 1, true)
-    field, value = sub(s, a + 1, b - 1), sub(s, b + 1, c - 1)
-    before, between, after = sub(s, c + 1, d - 1), sub(s, d + 1, e - 1), sub(s, e + 1, nl - 1)
-  else
-    local uid = sub(s, pos, nl - 1)
-    local key = 'cw:user:' .. uid .. ':accepted'
-    local won = redis.call('HSETNX', key, field, value)
-    if won == 0 then
-      local old = redis.call('HGET', key, field)
-      local expires = tonumber(string.match(old or '', '^(%S+)'))
-      if expires == nil or expires <= now then
-        redis.call('HSET', key, field, value)
-        won = 1
-      end
-    end
-    if won == 1 then
-      redis.call('EXPIRE', key, ttl)
+  local a = find(s, '\31', pos, true)
+  local b = find(s, '\31', a + 1, true)
+  local c = find(s, '\31', b + 1, true)
+  local d = find(s, '\31', c + 1, true)
+  local e = find(s, '\31', d + 1, true)
+  local key = 'cw:token:' .. sub(s, a + 1, b - 1) .. ':notified'
+  local expires = sub(s, b + 1, c - 1)
+  local before, between, after = sub(s, c + 1, d - 1), sub(s, d + 1, e - 1), sub(s, e + 1, nl - 1)
+  pos = nl + 1
+  local users = {}
+  while pos <= size and sub(s, pos, pos) ~= 'E' do
+    nl = find(s, '\n', pos, true)
+    users[#users + 1] = sub(s, pos, nl - 1)
+    pos = nl + 1
+  end
+  local scores = redis.call('ZMSCORE', key, unpack(users))
+  local add = {}
+  for i = 1, #users do
+    local score = scores[i]
+    if score and tonumber(score) > now then
+      out[#out + 1] = '0'
+    else
+      local uid = users[i]
+      out[#out + 1] = '1'
+      add[#add + 1] = expires
+      add[#add + 1] = uid
       rows[#rows + 1] = 'h'
       rows[#rows + 1] = before .. uid .. between .. uid .. after
-      local size = redis.call('HLEN', key)
-      if size > 512 and size % 256 == 1 then
-        local all = redis.call('HGETALL', key)
-        for j = 1, #all, 2 do
-          local x = tonumber(string.match(all[j + 1], '^(%S+)'))
-          if x == nil or x <= now then redis.call('HDEL', key, all[j]) end
-        end
-      end
     end
-    out[#out + 1] = won
   end
-  pos = nl + 1
+  if #add > 0 then
+    redis.call('ZADD', key, unpack(add))
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    redis.call('EXPIRE', key, ttl)
+  end
 end
 if #rows > 0 then redis.call('XADD', KEYS[1], '*', unpack(rows)) end
 return table.concat(out)
 """
 """KEYS[1]: the history outbox stream. ARGV: now, ttl seconds, and the claims, one line
-each: a line "E<US>token<US>value<US>before<US>between<US>after" (US = \\x1f) starts the
-claims of one event, then one line per user id. The value stored is "expires fdv at
-symbol"; a won claim's history row is before .. id .. between .. id .. after (see
-`NotificationRows`), and the batch's rows go to the outbox as one entry. No part holds a
-newline or a \\x1f: the wire schema refuses control characters in token keys and
-symbols, and JSON escapes them. Returns one character per user line: "1" won (recorded:
-send), "0" already notified. Expired fields of a big hash are swept every 256 new ones
-(not at every claim: a lenient user may hold thousands of tokens in 14 days).
+each: a line "E<US>token<US>expires<US>before<US>between<US>after" (US = \\x1f) starts
+the claims of one event, then one line per user id. A won claim's history row is
+before .. id .. between .. id .. after (see `NotificationRows`), and the batch's rows go
+to the outbox as one entry. No part holds a newline or a \\x1f: the wire schema refuses
+control characters in token keys, and JSON escapes them. Returns one character per user
+line: "1" won (recorded: send), "0" already notified.
 
-The users' keys (`accepted_key`) are built in the script, not passed as KEYS: a burst of
-claims is one short command instead of three arguments per claim. Fine on one Redis
+The processed-token memory is a sorted set per token (`notified_key`): member the user
+id, score when the claim expires (by the injected clock, so tests can move time). One
+event's claims cost three or four commands whatever the number of users (ZMSCORE for
+all of them, ZADD of the winners, ZREMRANGEBYSCORE of the expired, EXPIRE so Redis
+forgets a token 14 days after its last claim): a per-user layout cost a command or
+more per claim, and a token that passes hundreds of users held Redis for tens of
+milliseconds. The keys are built in the script, not passed as KEYS: fine on one Redis
 server, which is what callwatch runs; a Redis Cluster would need KEYS grouped by slot."""
 
 _UNSAFE: Final = ("\x1f", "\n", "\t")
@@ -131,15 +133,12 @@ class _Event:
         self.token = event.token_key
         self.fdv = float(event.fdv)
         self.chain = event.chain_id
-        symbol = event.symbol
-        if any(c in symbol for c in _UNSAFE):  # never from the feed; keep the lines intact
-            symbol = " ".join(symbol.replace("\x1f", " ").split())
-        self.symbol = symbol
+        self.symbol = event.symbol
         self.text = passed.text
         rows = NotificationRows(self.token, self.fdv, datetime.fromtimestamp(at, UTC))
-        value = f"{math.ceil(at + accepted_ttl)} {self.fdv!r} {int(at)} {symbol}"
+        expires = str(math.ceil(at + accepted_ttl)).encode()
         self.head = b"\x1f".join(
-            (b"E", self.token.encode(), value.encode(), rows.before, rows.between, rows.after)
+            (b"E", self.token.encode(), expires, rows.before, rows.between, rows.after)
         )
         """The script line that starts this event's claims."""
 
@@ -157,6 +156,7 @@ class NotifyGate(Actor):
         history_stream: str = DEFAULT_STREAM,
         max_batch: int = 256,
         max_in_flight: int = 8,
+        parallel_at: int = 64,
         max_pending: int = 100_000,
         max_wait: float = 30.0,
         retry_s: float = 0.5,
@@ -178,6 +178,7 @@ class NotifyGate(Actor):
         self._pending: deque[tuple[int, _Event]] = deque()
         """(user id, event): claims not yet on the wire."""
         self.max_in_flight = max_in_flight
+        self.parallel_at = parallel_at
         self._in_flight = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._refs: dict[str, Ref] = {}
@@ -213,10 +214,7 @@ class NotifyGate(Actor):
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Passes):
             self._take(message)
-            # A flusher for every batch that arrives while the others wait for Redis (up to
-            # max_in_flight): claims never wait out another batch's round trip (mostly an
-            # fsync), and Redis shares one fsync among the batches of one turn.
-            if self._tg is not None and self._pending and self._in_flight < self.max_in_flight:
+            if self._tg is not None and self._pending and self._wants_flusher():
                 self._in_flight += 1
                 self._tg.start_soon(self._flush_loop)
             while len(self._pending) >= self.max_pending:
@@ -238,6 +236,16 @@ class NotifyGate(Actor):
             }
         log.warning("notify_gate_unexpected", message=type(message).__name__)
         return None
+
+    def _wants_flusher(self) -> bool:
+        """One flusher while the claims are few: what arrives during its round trip goes in
+        its next batch (a Redis call per batch is most of the gate's CPU). Another one, up
+        to ``max_in_flight``, once ``parallel_at`` claims wait: a backlog does not wait out
+        one round trip (mostly an fsync) at a time, and Redis shares one fsync among the
+        batches of one turn."""
+        if not self._in_flight:
+            return True
+        return self._in_flight < self.max_in_flight and len(self._pending) >= self.parallel_at
 
     def _take(self, message: Passes) -> None:
         pending = self._pending

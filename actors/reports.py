@@ -59,10 +59,9 @@ from messages.delivery import MAX_CAPTION, Lane, Outbound
 from messages.settings import ReportsSettings
 from messages.tracking import TrackedBy
 from runtime import (
+    ASK_ERRORS,
     Actor,
-    ActorFailed,
     ActorStopped,
-    AskTimeout,
     MailboxFull,
     MailboxSpec,
     NameNotFound,
@@ -101,7 +100,6 @@ _STORE_ERRORS = (
     asyncpg.InterfaceError,
     OSError,
 )
-_ASK_ERRORS = (NameNotFound, AskTimeout, ActorFailed, ActorStopped, MailboxFull)
 
 REPORTS_SENT = Counter("callwatch_reports_sent", "Reports handed to the sender", ["kind"])
 CHART_FAILURES = Counter(
@@ -524,7 +522,7 @@ class Reports(Actor):
         try:
             ref = self.ctx.lookup(self.multipliers_name)
             tracked = await ref.ask(TrackedBy(chat_id), timeout=5.0)
-        except _ASK_ERRORS as exc:
+        except ASK_ERRORS as exc:
             self.ctx.log.info("reports.multipliers_unavailable", error=type(exc).__name__)
             return tokens, False
         highest: dict[str, tuple[float, str]] = {}
@@ -541,7 +539,7 @@ class Reports(Actor):
         """PNG bytes from the island; None (and a log line) when it cannot render now."""
         try:
             png = await self.ctx.lookup(self.charts_name).ask(chart, timeout=self.render_timeout)
-        except _ASK_ERRORS as exc:
+        except ASK_ERRORS as exc:
             self.ctx.log.warning("reports.chart_failed", error=f"{type(exc).__name__}: {exc}")
             return None
         if not isinstance(png, bytes) or not png.startswith(_PNG):

@@ -5,7 +5,7 @@ Redis) and their standing (reachable, locked, paused, subscription), and answers
 bot's commands. It keeps its shard's copy current (`UserSettingsChanged`: thresholds,
 whether alerts may go out, until when), so deciding an event needs no message to any
 user actor: the shard hands what passes to the notify gate, which records the token in
-the user's processed-token memory in Redis atomically and only then sends the
+the token's processed-token memory in Redis atomically and only then sends the
 notification and the tracking request. So a repeat event or a restart of anything can
 never notify twice (see ``actors.notify_gate``).
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -26,7 +26,6 @@ from actors.store.handle import StoreHandle
 from actors.user_store import (
     STORE_ERRORS,
     UserRecord,
-    accepted_key,
     cache_settings,
     cached_settings,
     load_presets,
@@ -38,6 +37,7 @@ from messages.billing import SubscriptionChanged
 from messages.delivery import ChatBlocked
 from messages.filters import FIELD_LABELS, FilterError, FilterSettings, format_value, preset_by_name
 from messages.settings import FilterSettingsSection
+from messages.tracking import TrackedBy
 from messages.users import (
     ApplyPreset,
     GetSettings,
@@ -58,11 +58,14 @@ from messages.users import (
     UserStatus,
     setting_rows,
 )
-from runtime import Actor, MailboxSpec, NameNotFound, Ref
+from runtime import ASK_ERRORS, Actor, MailboxSpec, NameNotFound, Ref
 
 __all__ = ["UserActor", "user_name"]
 
 log = structlog.get_logger(__name__)
+
+MULTIPLIERS: Final = "multipliers"
+"""Who answers /tracked (`TrackedBy`)."""
 
 
 def user_name(chat_id: int) -> str:
@@ -270,26 +273,23 @@ class UserActor(Actor):
             message=message,
         )
 
-    async def _tracked(self, limit: int) -> TrackedList:
-        client = self.store.redis()
-        raw = await client.hgetall(accepted_key(self.user_id))
-        now = self.ctx.clock.wall()
-        tokens: list[TrackedToken] = []
-        for key, value in raw.items():
-            token = key.decode() if isinstance(key, bytes) else str(key)
-            parts = (value.decode() if isinstance(value, bytes) else str(value)).split(" ", 3)
-            try:
-                expires, fdv, at = float(parts[0]), float(parts[1]), float(parts[2])
-            except (ValueError, IndexError):
-                continue
-            if expires <= now:
-                continue
-            chain = token.partition(":")[0]
-            symbol = parts[3] if len(parts) > 3 else ""
-            tokens.append(
-                TrackedToken(
-                    token_key=token, chain=chain, symbol=symbol, fdv_at_notify=fdv, notified_at=at
-                )
+    async def _tracked(self, limit: int) -> TrackedList | Unavailable:
+        """The tokens the multiplier index follows for this user, newest first: it is told
+        of every notification the gate releases (the gate keeps only who was told, by
+        token, which cannot be listed by user)."""
+        try:
+            found = await self.ctx.lookup(MULTIPLIERS).ask(TrackedBy(self.user_id), timeout=5.0)
+        except ASK_ERRORS as exc:
+            log.warning("user_tracked_unavailable", user_id=self.user_id, error=repr(exc)[:200])
+            return Unavailable()
+        tokens = [
+            TrackedToken(
+                token_key=line.token_key,
+                chain=line.token_key.partition(":")[0],
+                symbol=line.symbol,
+                fdv_at_notify=line.fdv_at_notify,
+                notified_at=line.notified_at,
             )
-        tokens.sort(key=lambda t: -t.notified_at)
-        return TrackedList(chat_id=self.user_id, tokens=tuple(tokens[: max(0, limit)]))
+            for line in found[: max(0, limit)]
+        ]
+        return TrackedList(chat_id=self.user_id, tokens=tuple(tokens))

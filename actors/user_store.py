@@ -36,13 +36,13 @@ if TYPE_CHECKING:
 __all__ = [
     "STORE_ERRORS",
     "UserRecord",
-    "accepted_key",
     "cache_settings",
     "cached_settings",
     "covered_until",
     "load_presets",
     "load_user",
     "load_users",
+    "notified_key",
     "register_user",
     "save_settings",
     "set_reachable",
@@ -70,9 +70,10 @@ def settings_key(chat_id: int) -> str:
     return f"cw:user:{chat_id}:settings"
 
 
-def accepted_key(chat_id: int) -> str:
-    """Hash of the user's notified tokens: field token_key, value "<expires> <fdv> <symbol>"."""
-    return f"cw:user:{chat_id}:accepted"
+def notified_key(token_key: str) -> str:
+    """Sorted set of the users told about a token: member chat id, score when that claim
+    expires (written by the notify gate's claim script, which builds the same name)."""
+    return f"cw:token:{token_key}:notified"
 
 
 def to_ts(value: dt.datetime) -> float:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import msgspec
 
 
-class Track(msgspec.Struct, frozen=True, kw_only=True):
-    """Follow ``token_key`` for ``user_id`` from the FDV at which they were notified."""
+class Track(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Follow ``token_key`` for ``user_id`` from the FDV at which they were notified
+    (scalars only: nothing for the cyclic garbage collector to walk)."""
 
     token_key: str
     user_id: int

@@ -6,12 +6,20 @@ tests run it on asyncio and trio.
 
 from runtime.actor import Actor, Context
 from runtime.clock import Clock, ManualClock, SystemClock
-from runtime.errors import ActorFailed, ActorStopped, AskTimeout, MailboxFull, NameNotFound
+from runtime.errors import (
+    ASK_ERRORS,
+    ActorFailed,
+    ActorStopped,
+    AskTimeout,
+    MailboxFull,
+    NameNotFound,
+)
 from runtime.mailbox import MailboxSpec, Overflow
 from runtime.ref import Ref
 from runtime.system import ActorSystem
 
 __all__ = [
+    "ASK_ERRORS",
     "Actor",
     "ActorFailed",
     "ActorStopped",

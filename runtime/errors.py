@@ -44,3 +44,14 @@ class MailboxFull(RuntimeErrorBase):
 
 class NameNotFound(RuntimeErrorBase, LookupError):
     """No actor is registered under that name or path."""
+
+
+ASK_ERRORS: tuple[type[RuntimeErrorBase], ...] = (
+    NameNotFound,
+    AskTimeout,
+    ActorFailed,
+    ActorStopped,
+    MailboxFull,
+)
+"""Everything asking another actor by name may raise: a caller that can answer without the
+other actor catches these (and only these)."""

@@ -30,6 +30,9 @@ Design choices, measured (see ``bench/store.py``):
   in Python) and ``executemany``.
 * Reading the next batch overlaps with writing, and :data:`INSERTERS` batches are written at
   once on connections of their own; the stream is trimmed in stream order all the same.
+* A trickle is written a batch at a time: after a batch smaller than ``outbox_batch`` the
+  writer lingers ``outbox_linger_ms`` before reading again (a transaction per notify-gate
+  entry cost the users flow a fifth of its CPU at 1,000 events/s).
 
 Rows PostgreSQL refuses (a CHECK the producer-side validation cannot see) do not block the
 stream: the batch is retried row by row and each refused row goes, with its reason, to the
@@ -689,6 +692,7 @@ class OutboxWriter(Actor):
         limit = self.settings.outbox_batch
         # BLOCK must end well inside the socket timeout, or the wait itself would time out.
         block_ms = max(1, min(self.settings.outbox_block_ms, int(self.settings.call_timeout * 500)))
+        linger = self.settings.outbox_linger_ms / 1000
         start = "-"
         position = "0-0"
         seq = 0
@@ -713,6 +717,8 @@ class OutboxWriter(Actor):
                     position = last
                     await send.send(_Batch(seq, last, rows, len(rows)))
                     seq += 1
+                    if len(rows) < limit and linger:
+                        await anyio.sleep(linger)
                 else:
                     # Nothing to do: wait (inside Redis) for the next entry after our position.
                     await redis.xread({self.stream: position}, count=1, block=block_ms)

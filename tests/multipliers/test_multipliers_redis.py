@@ -226,9 +226,10 @@ async def test_nothing_sent_twice_after_the_whole_tree_restarts(
     async with Tree(tree_spec(handle, sink, redis_url=redis_url)).running() as tree:
         mult = tree.lookup("multipliers")
         tracked = await mult.ask(TrackedBy(1))
-        assert sorted(tracked) == sorted(
-            [TrackedToken(TOKEN, "PEPE", 10_000, 2.0), TrackedToken(OTHER, "WOJAK", 1_000, None)]
+        assert sorted(t[:4] for t in tracked) == sorted(
+            [(TOKEN, "PEPE", 10_000, 2.0), (OTHER, "WOJAK", 1_000, None)]
         )
+        assert all(t.notified_at > 0 for t in tracked)  # kept across the restart
         mult.tell_nowait(price(TOKEN, 49_000))  # nothing new for anyone
         mult.tell_nowait(price(TOKEN, 105_000))  # user 1: 10x; user 2: 5x
         await eventually(lambda: len(sink) == 4)
@@ -268,7 +269,8 @@ async def test_a_flood_of_prices_keeps_only_the_newest_per_token(redis_url: str)
 
 async def test_tracked_by_lists_a_users_tokens_newest_first(redis_url: str) -> None:
     sink: list[Outbound] = []
-    clock = ManualClock(wall_start=time.time())
+    start = time.time()
+    clock = ManualClock(wall_start=start)
     handle = StoreHandle(redis_url, "")
     spec = tree_spec(handle, sink, redis_url=redis_url, ping_every=None)
     tree = Tree(spec, ActorSystem(clock))
@@ -289,10 +291,10 @@ async def test_tracked_by_lists_a_users_tokens_newest_first(redis_url: str) -> N
         tracked = await mult.ask(TrackedBy(9))
         assert await mult.ask(TrackedBy(12345)) == []
     assert tracked == [
-        TrackedToken("base:0xToken4", "T4", 100.0, None),
-        TrackedToken("base:0xToken2", "T2", 100.0, None),
-        TrackedToken("base:0xToken1", "T1", 100.0, 2.0),
-        TrackedToken("base:0xToken0", "T0", 100.0, None),
+        TrackedToken("base:0xToken4", "T4", 100.0, None, start + 240),
+        TrackedToken("base:0xToken2", "T2", 100.0, None, start + 120),
+        TrackedToken("base:0xToken1", "T1", 100.0, 2.0, start + 60),
+        TrackedToken("base:0xToken0", "T0", 100.0, None, start),
     ]
 
 

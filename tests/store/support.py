@@ -29,6 +29,7 @@ def fast_settings(**overrides: Any) -> StoreSettings:
         "call_timeout": 1.0,
         "watch_interval": 0.1,
         "outbox_block_ms": 50,
+        "outbox_linger_ms": 10,
         "outbox_stream": f"test:outbox:{next(_streams)}",
         "pool_max": 4,
     }

@@ -16,6 +16,7 @@ from actors.filter_router import FLUSH as ROUTER_FLUSH
 from actors.filter_router import RouterCounts
 from actors.filter_shard import COUNTS as SHARD_COUNTS
 from actors.filter_shard import ShardCounts, shard_name
+from actors.multipliers import Multipliers
 from actors.notify_gate import GATE_IDLE
 from actors.store.handle import StoreHandle
 from actors.store.postgres_owner import PostgresOwner
@@ -26,7 +27,7 @@ from actors.user_store import to_wall
 from messages.delivery import Outbound, Outbounds
 from messages.filters import ChannelStats, FilterSettings, encode_settings
 from messages.settings import FilterSettingsSection, StoreSettings
-from messages.tracking import Track, TrackMany
+from messages.tracking import Track, TrackedBy, TrackMany
 from messages.users import GetStatus, StatsSnapshot
 from messages.wire import ChannelCall, TokenEvent
 from runtime import Actor, ActorSystem, ManualClock
@@ -80,13 +81,17 @@ class Harness:
     tracks: list[Track] = field(default_factory=list)
     stats_seen: list[Any] = field(default_factory=list)
     tree: Tree | None = None
+    real_multipliers: bool = False
+    """The real multiplier actor (it answers /tracked) instead of the recording stand-in."""
 
     def spec(self, extra: Sequence[ChildSpec] = (), stats_stub: bool = True) -> ChildSpec:
         children: list[ChildSpec] = [
             worker("redis", RedisOwner, store=self.store, settings=QUIET_STORE),
             worker("postgres", PostgresOwner, store=self.store, settings=QUIET_STORE),
             worker("sender", Collect, sink=self.outbound),
-            worker("multipliers", Collect, sink=self.tracks),
+            worker("multipliers", Multipliers, store=self.store)
+            if self.real_multipliers
+            else worker("multipliers", Collect, sink=self.tracks),
         ]
         if stats_stub:
             children.append(worker("channel-stats", StatsStub, sink=self.stats_seen))
@@ -130,7 +135,7 @@ class Harness:
             await self.lookup(user_name(user)).ask(GetStatus(user))
         await self.lookup("notify-gate").ask(GATE_IDLE)
         await self.lookup("sender").ask("sync")
-        await self.lookup("multipliers").ask("sync")
+        await self.lookup("multipliers").ask(TrackedBy(0) if self.real_multipliers else "sync")
 
     async def router_counts(self) -> RouterCounts:
         counts: RouterCounts = await self.lookup("filters").ask(ROUTER_COUNTS)

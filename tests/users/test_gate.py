@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from actors.notify_gate import GATE_COUNTS, GATE_IDLE, NotifyGate
 from actors.store.handle import StoreHandle
-from actors.user_store import accepted_key
+from actors.user_store import notified_key
 from messages.delivery import Lane, Outbound
 from messages.tracking import Track
 from messages.users import Passed, Passes
@@ -119,15 +119,10 @@ async def test_duplicate_claims_release_one_notification_each(redis_url: str) ->
         (1, "solana:AAA", "call"),
         (2, "solana:AAA", "call"),
     ]  # one row per notification, recorded with its claim
-    stored = sync.hget(accepted_key(1), "solana:AAA")
-    assert isinstance(stored, bytes)
-    expires, fdv, at, symbol = stored.decode().split(" ", 3)
-    assert (int(expires), float(fdv), int(at), symbol) == (
-        int(now + 14 * DAY),
-        1e6,
-        int(now),
-        "PEPE",
-    )
+    # the processed-token memory: who was told about the token, until when
+    stored = sync.zrange(notified_key("solana:AAA"), 0, -1, withscores=True)
+    assert stored == [(b"1", int(now + 14 * DAY)), (b"2", int(now + 14 * DAY))]
+    assert 14 * DAY < sync.ttl(notified_key("solana:AAA")) <= 14 * DAY + 1
 
 
 async def test_claims_wait_out_a_redis_outage_or_are_given_up(redis_url: str) -> None:

@@ -184,6 +184,7 @@ async def test_presets_listed_and_applied_keeping_the_paused_flag(
 async def test_pause_and_resume(redis_url: str, database_url: str) -> None:
     await add_user(database_url, 5)
     h = harness(redis_url, database_url)
+    h.real_multipliers = True  # it answers /tracked
     async with h.running():
         await h.stats(STRONG)
         paused = await ask_users(h.lookup, Pause(5))
@@ -201,9 +202,9 @@ async def test_pause_and_resume(redis_url: str, database_url: str) -> None:
 
         tracked = await ask_users(h.lookup, GetTracked(chat_id=5))
         assert isinstance(tracked, TrackedList)
-        assert [(t.token_key, t.symbol, t.fdv_at_notify) for t in tracked.tokens] == [
-            ("solana:b", "TKN", 500_000.0)
-        ]
+        assert [
+            (t.token_key, t.chain, t.symbol, t.fdv_at_notify, t.notified_at) for t in tracked.tokens
+        ] == [("solana:b", "solana", "TKN", 500_000.0, h.now)]
 
 
 async def test_a_blocked_user_gets_nothing_until_they_start_again(
