@@ -51,7 +51,13 @@ def passes(now: float, *claims: tuple[int, str]) -> Passes:
     )
 
 
-def tree(store: StoreHandle, clock: ManualClock, sent: list[Any], tracked: list[Any]) -> Tree:
+def tree(
+    store: StoreHandle,
+    clock: ManualClock,
+    sent: list[Any],
+    tracked: list[Any],
+    max_batch: int = 256,
+) -> Tree:
     spec = supervisor(
         "root",
         [
@@ -64,6 +70,7 @@ def tree(store: StoreHandle, clock: ManualClock, sent: list[Any], tracked: list[
                 history_stream=STREAM,
                 max_wait=30.0,
                 retry_s=0.5,
+                max_batch=max_batch,
             ),
         ],
         strategy=Strategy.ONE_FOR_ONE,
@@ -123,6 +130,50 @@ async def test_duplicate_claims_release_one_notification_each(redis_url: str) ->
     stored = sync.zrange(notified_key("solana:AAA"), 0, -1, withscores=True)
     assert stored == [(b"1", int(now + 14 * DAY)), (b"2", int(now + 14 * DAY))]
     assert 14 * DAY < sync.ttl(notified_key("solana:AAA")) <= 14 * DAY + 1
+
+
+async def test_a_token_for_many_users_across_small_batches(redis_url: str) -> None:
+    """One token passing 40 users, claimed seven at a time among other tokens' claims: each
+    user is told once; 14 days later the same users are told again and the expired members
+    leave the token's set."""
+    store = StoreHandle(redis_url, "")
+    client = aioredis.Redis.from_url(redis_url)
+    store.publish_redis(client)
+    clock = ManualClock()
+    sent: list[Any] = []
+    tracked: list[Any] = []
+    key = notified_key("solana:MANY")
+    try:
+        async with tree(store, clock, sent, tracked, max_batch=7).running() as t:
+            gate = t.lookup("notify-gate")
+            now = clock.wall()
+            gate.tell_nowait(passes(now, *((u, "MANY") for u in range(1, 11))))
+            gate.tell_nowait(
+                passes(now, *((u, "MANY") for u in range(1, 41)), (7, "OTHER"), (8, "OTHER"))
+            )
+            await gate.ask(GATE_IDLE)
+            first = await gate.ask(GATE_COUNTS)
+            members = await client.zrange(key, 0, -1, withscores=True)
+
+            await clock.advance(14 * DAY)
+            later = clock.wall()
+            gate.tell_nowait(passes(later, (3, "MANY"), (41, "MANY")))
+            await gate.ask(GATE_IDLE)
+            await t.lookup("sender").ask("sync")
+            second = await gate.ask(GATE_COUNTS)
+            after = await client.zrange(key, 0, -1, withscores=True)
+    finally:
+        await client.aclose()
+    assert (first["won"], first["lost"]) == (42, 10)
+    assert sorted(int(m) for m, _ in members) == list(range(1, 41))
+    assert {score for _, score in members} == {int(now + 14 * DAY)}
+    assert (second["won"], second["lost"]) == (44, 10)  # both told: 3's claim had expired
+    assert sorted((int(m), score) for m, score in after) == [
+        (3, int(later + 14 * DAY)),
+        (41, int(later + 14 * DAY)),
+    ]
+    keys = [(o.chat_id, o.dedup_key) for o in sent]
+    assert len(keys) == 44 and len(set(keys[:42])) == 42
 
 
 async def test_claims_wait_out_a_redis_outage_or_are_given_up(redis_url: str) -> None:
