@@ -193,7 +193,7 @@ def status_text(status: UserStatus, info: SubscriptionInfo | None, tracked: int 
 def tracked_text(tracked: TrackedList, now: float | None = None) -> str:
     now = time.time() if now is None else now
     if not tracked.tokens:
-        return "You have not been told about any token in the last 14 days."
+        return "You have not been told about any token recently."
     lines = ["<b>Tokens you were told about</b> (newest first)"]
     for t in tracked.tokens:
         name = esc(t.symbol or t.token_key.partition(":")[2][:12])

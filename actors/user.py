@@ -282,6 +282,9 @@ class UserActor(Actor):
         except ASK_ERRORS as exc:
             log.warning("user_tracked_unavailable", user_id=self.user_id, error=repr(exc)[:200])
             return Unavailable()
+        if not isinstance(found, list):
+            log.warning("user_tracked_unexpected", user_id=self.user_id, reply=type(found).__name__)
+            return Unavailable()
         tokens = [
             TrackedToken(
                 token_key=line.token_key,

@@ -128,7 +128,8 @@ class ListPresets(msgspec.Struct, frozen=True):
 
 
 class GetTracked(msgspec.Struct, frozen=True, kw_only=True):
-    """``/tracked``: the tokens this user was notified of in the last 14 days, newest first.
+    """``/tracked``: the tokens this user was notified of that the multiplier index still
+    follows (``multipliers.entry_ttl_days``, 7 by default), newest first.
 
     Replied with `TrackedList`.
     """
