@@ -1,7 +1,7 @@
 """Filters benchmark: 10,000 users, token events through the users flow to the sender.
 
 The real actors on real servers (an embedded Redis and PostgreSQL in a temporary folder):
-the filter router, the shards (``filters.shards`` from the settings, default 2; see ``--shards``),
+the filter router, the shards (``filters.shards`` from the settings, default 1; see ``--shards``),
 one user actor per user (started in bulk by the directory from PostgreSQL; they keep
 their shard's rows, they are not on the path of an event), the notify gate with its
 Redis claims and history rows, and the outbox writer draining those rows into

@@ -136,10 +136,11 @@ class MultiplierSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 
 
 class FilterSettingsSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    shards: PositiveInt = 2
-    """Filter shards (users by chat id modulo this). They share one event loop, so more shards
-    only add work per batch (bench.filters: fastest at 1 to 2 for 10,000 users); two keep a
-    shard's crash to half the users."""
+    shards: PositiveInt = 1
+    """Filter shards (users by chat id modulo this). They share one event loop, so every
+    shard adds work per batch: with 10,000 users one shard took 10 % less CPU than two at
+    1,000 events/s and had the lower latency (bench.filters, runs taken turn about). More
+    shards confine a shard's crash (and the refill after it) to a share of the users."""
     accepted_ttl_days: PositiveFloat = 14.0
     rejected_ttl_s: PositiveFloat = 3600.0
     stats_refresh_s: PositiveFloat = 300.0
