@@ -388,7 +388,10 @@ async def run(args: argparse.Namespace, redis_url: str, database_url: str) -> No
     t = time.perf_counter()
     async with Tree(spec, ActorSystem()).running() as tree:
         boot = time.perf_counter() - t
-        print(f"tree with {args.users:,} user actors up in {boot:.2f} s ({config.shards} shards)")
+        print(
+            f"tree with {args.users:,} user actors up in {boot:.2f} s "
+            f"({config.shards} shard{'s' if config.shards != 1 else ''})"
+        )
         router = tree.lookup("filters")
         await router.ask(StatsSnapshot(version=1, computed_at=time.time(), stats=tuple(channels)))
 
