@@ -76,13 +76,13 @@ while pos <= size do
     pos = nl + 1
   end
   local scores = redis.call('ZMSCORE', key, unpack(users))
-  local add = {}
+  local add, taken = {}, {}
   for i = 1, #users do
-    local score = scores[i]
-    if score and tonumber(score) > now then
+    local score, uid = scores[i], users[i]
+    if taken[uid] or (score and tonumber(score) > now) then
       out[#out + 1] = '0'
     else
-      local uid = users[i]
+      taken[uid] = true
       out[#out + 1] = '1'
       add[#add + 1] = expires
       add[#add + 1] = uid
@@ -105,7 +105,7 @@ the claims of one event, then one line per user id. A won claim's history row is
 before .. id .. between .. id .. after (see `NotificationRows`), and the batch's rows go
 to the outbox as one entry. No part holds a newline or a \\x1f: the wire schema refuses
 control characters in token keys, and JSON escapes them. Returns one character per user
-line: "1" won (recorded: send), "0" already notified.
+line: "1" won (recorded: send), "0" already notified (or named twice in one event).
 
 The processed-token memory is a sorted set per token (`notified_key`): member the user
 id, score when the claim expires (by the injected clock, so tests can move time). One
