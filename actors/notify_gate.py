@@ -63,11 +63,9 @@ while pos <= size do
   local a = find(s, '\31', pos, true)
   local b = find(s, '\31', a + 1, true)
   local c = find(s, '\31', b + 1, true)
-  local d = find(s, '\31', c + 1, true)
-  local e = find(s, '\31', d + 1, true)
   local key = 'cw:token:' .. sub(s, a + 1, b - 1) .. ':notified'
   local expires = sub(s, b + 1, c - 1)
-  local before, between, after = sub(s, c + 1, d - 1), sub(s, d + 1, e - 1), sub(s, e + 1, nl - 1)
+  local template = sub(s, c, nl - 1)
   pos = nl + 1
   local users = {}
   while pos <= size and sub(s, pos, pos) ~= 'E' do
@@ -76,7 +74,7 @@ while pos <= size do
     pos = nl + 1
   end
   local scores = redis.call('ZMSCORE', key, unpack(users))
-  local add, taken = {}, {}
+  local add, won, taken = {}, {}, {}
   for i = 1, #users do
     local score, uid = scores[i], users[i]
     if taken[uid] or (score and tonumber(score) > now) then
@@ -86,14 +84,15 @@ while pos <= size do
       out[#out + 1] = '1'
       add[#add + 1] = expires
       add[#add + 1] = uid
-      rows[#rows + 1] = 'h'
-      rows[#rows + 1] = before .. uid .. between .. uid .. after
+      won[#won + 1] = uid
     end
   end
-  if #add > 0 then
+  if #won > 0 then
     redis.call('ZADD', key, unpack(add))
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     redis.call('EXPIRE', key, ttl)
+    rows[#rows + 1] = 'g'
+    rows[#rows + 1] = #won .. template .. '\31' .. table.concat(won, ',')
   end
 end
 if #rows > 0 then redis.call('XADD', KEYS[1], '*', unpack(rows)) end
@@ -101,9 +100,10 @@ return table.concat(out)
 """
 """KEYS[1]: the history outbox stream. ARGV: now, ttl seconds, and the claims, one line
 each: a line "E<US>token<US>expires<US>before<US>between<US>after" (US = \\x1f) starts
-the claims of one event, then one line per user id. A won claim's history row is
-before .. id .. between .. id .. after (see `NotificationRows`), and the batch's rows go
-to the outbox as one entry. No part holds a newline or a \\x1f: the wire schema refuses
+the claims of one event, then one line per user id. The history rows of an event's won
+claims go to the outbox as one group, "count<US>before<US>between<US>after<US>id,id,..."
+(a ``g`` field; the writer builds the rows, see `NotificationRows`), a batch's groups as
+one entry. No part holds a newline or a \\x1f: the wire schema refuses
 control characters in token keys, and JSON escapes them. Returns one character per user
 line: "1" won (recorded: send), "0" already notified (or named twice in one event).
 
@@ -118,8 +118,8 @@ server, which is what callwatch runs; a Redis Cluster would need KEYS grouped by
 
 _UNSAFE: Final = ("\x1f", "\n", "\t")
 MAX_BATCH: Final = 2_000
-"""Claims per script call at most: the history rows go to one XADD as Lua `unpack`
-arguments, which Lua's stack bounds (8,000)."""
+"""Claims per script call at most: an event's claims go to ZMSCORE and ZADD as Lua `unpack`
+arguments (two per claim for ZADD), which Lua's stack bounds (8,000)."""
 
 
 class _Event:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from actors.store.handle import StoreHandle
 from actors.store.outbox import (
+    GROUP_MARK,
     HISTORY_TABLES,
     HistoryRejected,
     Kind,
@@ -29,6 +30,7 @@ from actors.store.outbox import (
     append_history_many,
     dead_letter_stream,
     encode_history,
+    expand_groups,
     next_id,
 )
 from tests.helpers import eventually
@@ -508,3 +510,70 @@ async def test_batches_of_many_rows_per_entry_keep_to_the_batch_size(
         assert await handle.redis().xlen(stream) == 0
     rows = await fetch(database_url, "SELECT count(*) AS n FROM activity_log")
     assert rows[0]["n"] == 3_000
+
+
+def group(rows: NotificationRows, ids: list[int], count: int | None = None) -> bytes:
+    """The ``g`` field the notify gate's claim script writes for one event."""
+    joined = b",".join(str(i).encode() for i in ids)
+    head = str(len(ids) if count is None else count).encode()
+    return b"\x1f".join((head, rows.before, rows.between, rows.after, joined))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ids=st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=5),
+    cut=st.integers(0, 400),
+    junk=st.binary(max_size=20),
+)
+def test_groups_expand_to_the_gates_rows_and_damage_is_set_aside(
+    ids: list[int], cut: int, junk: bytes
+) -> None:
+    rows = NotificationRows("solana:Tok", 1e6, datetime(2026, 1, 1, tzinfo=UTC))
+    whole = group(rows, ids)
+    assert expand_groups([GROUP_MARK + whole]) == [rows.row(i) for i in ids]
+    damaged = GROUP_MARK + whole[:cut] + junk
+    out = expand_groups([b"keep", damaged])  # never raises; a row or the group as it was
+    assert out[0] == b"keep"
+    if out[1:] != [damaged]:
+        assert all(row.startswith(NotificationRows._HEAD) for row in out[1:])
+    sorted_rows = _sort([damaged]) if out[1:] == [damaged] else None
+    if sorted_rows is not None:
+        assert sorted_rows.bad and "malformed notification group" in sorted_rows.bad[0][1]
+
+
+async def test_groups_drain_into_rows_and_a_malformed_one_is_dead_lettered(
+    redis_url: str, database_url: str
+) -> None:
+    """The notify gate's entries: a group of rows per event, several groups per entry."""
+    settings_ = fast_settings(outbox_batch=50)
+    stream = settings_.outbox_stream
+    handle = StoreHandle(redis_url, database_url, settings_.call_timeout)
+    counters = OutboxCounters()
+    sent_at = datetime(2026, 1, 1, tzinfo=UTC)
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        for entry in range(4):  # 4 entries x 3 groups x 10 rows: past the batch size
+            fields: list[bytes | str] = []
+            for token in range(3):
+                rows = NotificationRows(f"solana:G{entry}x{token}", 5e5, sent_at)
+                fields += ["g", group(rows, list(range(1, 11)))]
+            await redis.eval(
+                "return redis.call('XADD', KEYS[1], '*', unpack(ARGV))", 1, stream, *fields
+            )
+        broken = NotificationRows("solana:Broken", 5e5, sent_at)
+        await redis.xadd(stream, {"g": group(broken, [1, 2])[:-2] + b",,x"})
+        await redis.xadd(stream, {"g": b"not a count\x1fat all"})
+    finally:
+        await redis.aclose()
+    async with running_store(handle, settings_, counters=counters):
+        await eventually(lambda: counters.drained + counters.dead_lettered >= 122, timeout=10)
+        assert counters.drained == 120 and counters.dead_lettered == 2
+        assert await handle.redis().xlen(stream) == 0
+        dead = await handle.redis().xrange(dead_letter_stream(stream))
+    reasons = sorted(fields[b"reason"].decode() for _, fields in dead)
+    assert "not an outbox row" in reasons[0]  # no count: the read script refuses the entry
+    assert "malformed notification group" in reasons[1]
+    (row,) = await fetch(
+        database_url, "SELECT count(*) AS n, count(DISTINCT token_key) AS t FROM notifications"
+    )
+    assert (row["n"], row["t"]) == (120, 12)

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from actors.notify_gate import GATE_COUNTS, GATE_IDLE, NotifyGate
 from actors.store.handle import StoreHandle
+from actors.store.outbox import GROUP_MARK, expand_groups
 from actors.user_store import notified_key
 from messages.delivery import Lane, Outbound
 from messages.tracking import Track
@@ -114,13 +115,15 @@ async def test_duplicate_claims_release_one_notification_each(redis_url: str) ->
     )
     assert (counts["won"], counts["lost"]) == (2, 5)  # user 2 named twice in one event: told once
     sync = redis.Redis.from_url(redis_url)
-    # the raw fields: an entry holds the rows of one batch, each an "h" field
+    # the raw fields: an entry holds one batch, a "g" group of rows per event
     raw = sync.eval(
         "local out = {} for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do "
-        "for i = 2, #e[2], 2 do out[#out + 1] = e[2][i] end end return out",
+        "for i = 1, #e[2] do out[#out + 1] = e[2][i] end end return out",
         1,
         STREAM,
     )
+    assert set(raw[0::2]) == {b"g"}
+    raw = expand_groups([GROUP_MARK + group for group in raw[1::2]])
     history = [json.loads(row.split(b"\t", 2)[2]) for row in raw]
     assert sorted((h["chat_id"], h["token_key"], h["kind"]) for h in history) == [
         (1, "solana:AAA", "call"),
