@@ -437,12 +437,12 @@ def expand_groups(rows: list[bytes]) -> list[bytes]:
             out.append(row)
             continue
         parts = row[1:].split(b"\x1f")
-        ids = parts[4] if len(parts) == 5 else b""
-        if not ids or not ids.replace(b",", b"").isdigit() or b",," in ids or ids[-1:] == b",":
+        uids = parts[4].split(b",") if len(parts) == 5 else []
+        if not uids or not all(uid.isdigit() for uid in uids):
             out.append(row)
             continue
         _, before, between, after, _ = parts
-        out.extend(before + uid + between + uid + after for uid in ids.split(b","))
+        out.extend(before + uid + between + uid + after for uid in uids)
     return out
 
 
