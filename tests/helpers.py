@@ -30,9 +30,14 @@ async def published_store(
     redis_url: str, database_url: str, *, pool_max: int = 4
 ) -> AsyncIterator[StoreHandle]:
     """A `StoreHandle` with a Redis client and a pool published, as the store owners would
-    publish them, for tests of actors that only use the handle."""
+    publish them, for tests of actors that only use the handle (Redis only when
+    ``database_url`` is empty)."""
     handle = StoreHandle(redis_url, database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=pool_max)
+    pool = (
+        await asyncpg.create_pool(database_url, min_size=1, max_size=pool_max)
+        if database_url
+        else None
+    )
     client = aioredis.Redis.from_url(redis_url)
     handle.publish_pool(pool)
     handle.publish_redis(client)
@@ -42,4 +47,5 @@ async def published_store(
         handle.publish_pool(None)
         handle.publish_redis(None)
         await client.aclose()
-        await pool.close()
+        if pool is not None:
+            await pool.close()

@@ -21,6 +21,7 @@ from messages.users import Passed, Passes
 from messages.wire import TokenEvent
 from runtime import ActorSystem, ManualClock
 from supervisors import NO_BACKOFF, Strategy, Tree, supervisor, worker
+from tests.helpers import published_store
 from tests.users.support import Collect, token_event
 
 pytestmark = pytest.mark.anyio
@@ -81,27 +82,24 @@ def tree(
 
 
 async def test_duplicate_claims_release_one_notification_each(redis_url: str) -> None:
-    store = StoreHandle(redis_url, "")
-    client = aioredis.Redis.from_url(redis_url)
-    store.publish_redis(client)
     clock = ManualClock()
     sent: list[Any] = []
     tracked: list[Any] = []
-    try:
-        async with tree(store, clock, sent, tracked).running() as t:
-            gate = t.lookup("notify-gate")
-            now = clock.wall()
-            for _ in range(3):
-                gate.tell_nowait(passes(now, (1, "AAA")))
-            gate.tell_nowait(passes(now, (2, "AAA"), (1, "AAA"), (2, "AAA")))
-            await gate.ask(GATE_IDLE)
-            gate.tell_nowait(passes(now + 60, (1, "AAA")))  # a later batch, same answer
-            await gate.ask(GATE_IDLE)
-            await t.lookup("sender").ask("sync")
-            await t.lookup("multipliers").ask("sync")
-            counts = await gate.ask(GATE_COUNTS)
-    finally:
-        await client.aclose()
+    async with (
+        published_store(redis_url, "") as store,
+        tree(store, clock, sent, tracked).running() as t,
+    ):
+        gate = t.lookup("notify-gate")
+        now = clock.wall()
+        for _ in range(3):
+            gate.tell_nowait(passes(now, (1, "AAA")))
+        gate.tell_nowait(passes(now, (2, "AAA"), (1, "AAA"), (2, "AAA")))
+        await gate.ask(GATE_IDLE)
+        gate.tell_nowait(passes(now + 60, (1, "AAA")))  # a later batch, same answer
+        await gate.ask(GATE_IDLE)
+        await t.lookup("sender").ask("sync")
+        await t.lookup("multipliers").ask("sync")
+        counts = await gate.ask(GATE_COUNTS)
     assert sorted(o.chat_id for o in sent) == [1, 2]
     assert all(isinstance(o, Outbound) and o.lane is Lane.ALERT for o in sent)
     assert sent[0].dedup_key == f"call:{sent[0].chat_id}:solana:AAA"
@@ -139,14 +137,12 @@ async def test_a_token_for_many_users_across_small_batches(redis_url: str) -> No
     """One token passing 40 users, claimed seven at a time among other tokens' claims: each
     user is told once; 14 days later the same users are told again and the expired members
     leave the token's set."""
-    store = StoreHandle(redis_url, "")
-    client = aioredis.Redis.from_url(redis_url)
-    store.publish_redis(client)
     clock = ManualClock()
     sent: list[Any] = []
     tracked: list[Any] = []
     key = notified_key("solana:MANY")
-    try:
+    async with published_store(redis_url, "") as store:
+        client = store.redis()
         async with tree(store, clock, sent, tracked, max_batch=7).running() as t:
             gate = t.lookup("notify-gate")
             now = clock.wall()
@@ -165,8 +161,6 @@ async def test_a_token_for_many_users_across_small_batches(redis_url: str) -> No
             await t.lookup("sender").ask("sync")
             second = await gate.ask(GATE_COUNTS)
             after = await client.zrange(key, 0, -1, withscores=True)
-    finally:
-        await client.aclose()
     assert (first["won"], first["lost"]) == (42, 10)
     assert sorted(int(m) for m, _ in members) == list(range(1, 41))
     assert {score for _, score in members} == {int(now + 14 * DAY)}
